@@ -1,0 +1,411 @@
+//! The subcommands.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use emh_runtime::{generate as run_generate, GenRequest, HookSet, Model, SamplingParams};
+use emh_text::{ChatTemplate, Tokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::prompts::{read_file, PromptLine, PromptRenderer};
+
+/// Which model to load and where.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Model folder, name under the data directory, or HF repo id in the hub cache.
+    #[arg(long, short, default_value = emh_models::DEFAULT_MODEL)]
+    model: String,
+    /// cpu, cuda, cuda:N, or auto (CUDA when available).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Weight dtype: f32, bf16 or f16. Default: f32 on CPU, the config's dtype on CUDA.
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+struct Loaded {
+    model: Model,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+}
+
+impl ModelArgs {
+    fn load(&self, raw: bool) -> Result<Loaded> {
+        let found = emh_models::resolve(&self.model)?;
+        let device = emh_runtime::parse_device(&self.device)?;
+        if device.is_cuda() && !tch::Cuda::is_available() {
+            bail!("--device {}: CUDA is not available on this machine", self.device);
+        }
+        let config = emh_runtime::ModelConfig::from_dir(&found.dir)?;
+        let kind = match (&self.dtype, device) {
+            (Some(d), _) => emh_runtime::parse_dtype(d)?,
+            (None, tch::Device::Cpu) => tch::Kind::Float,
+            (None, _) => config
+                .torch_dtype
+                .as_deref()
+                .map(emh_runtime::parse_dtype)
+                .transpose()?
+                .unwrap_or(tch::Kind::BFloat16),
+        };
+        let tokenizer = Tokenizer::from_dir(&found.dir)?;
+        let template = if raw {
+            None
+        } else {
+            Some(ChatTemplate::from_dir(&found.dir).context("use --raw for a base model")?)
+        };
+        let model = Model::load(&found.dir, device, kind)
+            .with_context(|| format!("loading {}", found.dir.display()))?;
+        Ok(Loaded {
+            model,
+            tokenizer,
+            template,
+        })
+    }
+}
+
+/// Where prompts come from.
+#[derive(Args)]
+pub struct PromptArgs {
+    /// One prompt, sent as a user message.
+    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    prompt: Option<String>,
+    /// JSONL file, one `{"prompt": "..."}` or `{"messages": [...]}` per line
+    /// (optional `id` and `system` fields).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// System prompt for prompts that have none.
+    #[arg(long)]
+    system: Option<String>,
+    /// Feed prompt text to the model as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+}
+
+impl PromptArgs {
+    fn lines(&self) -> Result<Vec<PromptLine>> {
+        match (&self.prompt, &self.prompts) {
+            (Some(p), _) => Ok(vec![PromptLine {
+                id: None,
+                prompt: Some(p.clone()),
+                messages: None,
+                system: None,
+            }]),
+            (None, Some(file)) => read_file(file),
+            (None, None) => bail!("give --prompt or --prompts"),
+        }
+    }
+}
+
+/// Arguments of `emh generate`.
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompts: PromptArgs,
+    /// Samples per prompt.
+    #[arg(short, long, default_value_t = 1)]
+    n: usize,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Always take the most likely token.
+    #[arg(long)]
+    greedy: bool,
+    /// Stop a sample when its text contains this (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens, to exactly --max-new-tokens (benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Base seed; sample j of prompt i uses a seed derived from (seed, i, j),
+    /// written to the output, so any sample can be regenerated alone.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Sequences generated together.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Output JSONL file (default: standard output).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+/// Seed of sample `j` of prompt `i`: SplitMix64 over the triple, so seeds of
+/// neighbouring samples are unrelated.
+fn sample_seed(seed: u64, i: usize, j: usize) -> u64 {
+    let mut z = seed
+        .wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add((j as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{elapsed}}, eta {{eta}})"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn open_out(out: &Option<PathBuf>) -> Result<Box<dyn Write>> {
+    Ok(match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    })
+}
+
+/// `emh generate`.
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    if a.n == 0 || a.batch_size == 0 {
+        bail!("-n and --batch-size must be at least 1");
+    }
+    let lines = a.prompts.lines()?;
+    let loaded = a.model.load(a.prompts.raw)?;
+    let renderer = PromptRenderer {
+        tokenizer: &loaded.tokenizer,
+        template: loaded.template.as_ref(),
+        default_system: a.prompts.system.as_deref(),
+    };
+    let params = SamplingParams {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        greedy: a.greedy,
+        stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+    };
+    params.validate()?;
+    let mut jobs = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let (text, ids) = renderer.encode(line)?;
+        for j in 0..a.n {
+            jobs.push((i, j, text.clone(), ids.clone()));
+        }
+    }
+    // Similar lengths together waste less compute on padding.
+    jobs.sort_by_key(|(_, _, _, ids)| std::cmp::Reverse(ids.len()));
+    let mut out = open_out(&a.out)?;
+    let bar = progress(jobs.len() as u64, "sampling");
+    let started = Instant::now();
+    let mut new_tokens = 0usize;
+    let mut records = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(a.batch_size) {
+        let requests: Vec<GenRequest> = chunk
+            .iter()
+            .map(|(i, j, _, ids)| GenRequest {
+                prompt: ids.clone(),
+                seed: sample_seed(a.seed, *i, *j),
+            })
+            .collect();
+        let outputs = run_generate(
+            &loaded.model,
+            &loaded.tokenizer,
+            &requests,
+            &params,
+            &mut HookSet::new(),
+            |n| {
+                new_tokens += n;
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{:.1} tok/s", new_tokens as f64 / secs));
+            },
+        )?;
+        for ((i, j, text, ids), (req, o)) in chunk.iter().zip(requests.iter().zip(outputs)) {
+            records.push((
+                (*i, *j),
+                json!({
+                    "id": lines[*i].id,
+                    "prompt_index": i,
+                    "sample_index": j,
+                    "seed": req.seed,
+                    "prompt": text,
+                    "answer": o.text,
+                    "n_prompt_tokens": ids.len(),
+                    "n_new_tokens": o.tokens.len(),
+                    "tokens": o.tokens,
+                    "finish_reason": o.finish,
+                }),
+            ));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    records.sort_by_key(|(k, _)| *k);
+    for (_, r) in records {
+        writeln!(out, "{r}")?;
+    }
+    out.flush()?;
+    eprintln!(
+        "{} samples, {new_tokens} new tokens in {:.1}s ({:.1} tok/s)",
+        jobs.len(),
+        started.elapsed().as_secs_f64(),
+        new_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
+
+/// Arguments of `emh logits`.
+#[derive(Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompts: PromptArgs,
+    /// Output safetensors file with `logits` [batch, seq, vocab] (f32),
+    /// `input_ids` and `positions` [batch, seq] (padding has position -1).
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+/// `emh logits`.
+pub fn logits(a: LogitsArgs) -> Result<()> {
+    let lines = a.prompts.lines()?;
+    let loaded = a.model.load(a.prompts.raw)?;
+    let renderer = PromptRenderer {
+        tokenizer: &loaded.tokenizer,
+        template: loaded.template.as_ref(),
+        default_system: a.prompts.system.as_deref(),
+    };
+    let prompts = lines
+        .iter()
+        .map(|l| renderer.encode(l).map(|(_, ids)| ids))
+        .collect::<Result<Vec<_>>>()?;
+    let (logits, batch) =
+        loaded
+            .model
+            .logits(&prompts, loaded.tokenizer.pad_id, &mut HookSet::new())?;
+    let tensors = [
+        ("logits", logits.to_device(tch::Device::Cpu)),
+        ("input_ids", batch.ids.to_device(tch::Device::Cpu)),
+        ("positions", batch.positions.to_device(tch::Device::Cpu)),
+    ];
+    write_safetensors(&a.out, &tensors)
+}
+
+fn write_safetensors(path: &Path, tensors: &[(&str, tch::Tensor)]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    tch::Tensor::write_safetensors(tensors, &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Arguments of `emh tokenize`.
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// Model folder, name under the data directory, or HF repo id in the hub cache.
+    #[arg(long, short, default_value = emh_models::DEFAULT_MODEL)]
+    model: String,
+    #[command(flatten)]
+    prompts: PromptArgs,
+    /// Output JSONL with the rendered `text` and its `ids` (default: standard output).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+/// `emh tokenize`.
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let found = emh_models::resolve(&a.model)?;
+    let tokenizer = Tokenizer::from_dir(&found.dir)?;
+    let template = if a.prompts.raw {
+        None
+    } else {
+        Some(ChatTemplate::from_dir(&found.dir)?)
+    };
+    let renderer = PromptRenderer {
+        tokenizer: &tokenizer,
+        template: template.as_ref(),
+        default_system: a.prompts.system.as_deref(),
+    };
+    let mut out = open_out(&a.out)?;
+    for line in a.prompts.lines()? {
+        let (text, ids) = renderer.encode(&line)?;
+        writeln!(out, "{}", json!({"id": line.id, "text": text, "ids": ids}))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Arguments of `emh import-gguf`.
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The GGUF file.
+    file: PathBuf,
+    /// Output folder (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// dtype of the written weights: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+/// `emh import-gguf`.
+pub fn import_gguf(a: ImportArgs) -> Result<()> {
+    let dtype = match a.dtype.as_str() {
+        "f32" => emh_gguf::OutputDtype::F32,
+        "bf16" => emh_gguf::OutputDtype::BF16,
+        "f16" => emh_gguf::OutputDtype::F16,
+        other => bail!("unknown --dtype `{other}` (f32, bf16, f16)"),
+    };
+    let opts = emh_gguf::ConvertOptions {
+        dtype,
+        ..Default::default()
+    };
+    let bar = progress(0, "importing");
+    let summary = emh_gguf::convert_to_hf(&a.file, &a.out, &opts, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "imported {} ({}): {} tensors, {:.1}M parameters, {} shard(s) -> {}",
+        a.file.display(),
+        summary.architecture,
+        summary.tensors,
+        summary.parameters as f64 / 1e6,
+        summary.shards,
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// `emh models`.
+pub fn models() -> Result<()> {
+    let found = emh_models::list();
+    if found.is_empty() {
+        println!(
+            "no models in {} or {}; run `cargo xtask setup` to import the default",
+            emh_models::models_dir().display(),
+            emh_models::hub_cache().display()
+        );
+    }
+    for f in found {
+        let source = match f.source {
+            emh_models::Source::DataDir => "data dir",
+            emh_models::Source::HubCache => "hub cache",
+            emh_models::Source::Path => "path",
+        };
+        let arch = emh_runtime::ModelConfig::from_dir(&f.dir)
+            .map(|c| format!("{} {}L {}d", c.model_type, c.num_layers, c.hidden_size))
+            .unwrap_or_else(|e| format!("unloadable: {e}"));
+        println!("{:<40} {:<10} {:<22} {}", f.name, source, arch, f.dir.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `emh`: the em-harness command line.
+
+mod commands;
+mod prompts;
+
+use clap::{Parser, Subcommand};
+
+/// em-harness: model organisms, judges, misalignment directions and reports.
+///
+/// Models are named by a folder path, by a name under the data directory
+/// (`$EMH_HOME`, default `~/.cache/em-harness`, see `emh models`), or by a
+/// Hugging Face repo id found in the local hub cache (`org/name`).
+#[derive(Parser)]
+#[command(name = "emh", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample answers from a model for one prompt or a JSONL file of prompts.
+    Generate(commands::GenerateArgs),
+    /// Write the logits at every prompt position to a safetensors file (for parity checks).
+    Logits(commands::LogitsArgs),
+    /// Show how prompts render through the chat template and tokenize.
+    Tokenize(commands::TokenizeArgs),
+    /// Convert a GGUF model (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) to a Hugging Face folder.
+    ImportGguf(commands::ImportArgs),
+    /// List the models emh can find.
+    Models,
+}
+
+fn main() {
+    emh_runtime::init_cuda();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate(a),
+        Command::Logits(a) => commands::logits(a),
+        Command::Tokenize(a) => commands::tokenize(a),
+        Command::ImportGguf(a) => commands::import_gguf(a),
+        Command::Models => commands::models(),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

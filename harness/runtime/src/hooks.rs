@@ -1,0 +1,240 @@
+//! Residual-stream hooks: read or change activations during the forward pass.
+//!
+//! Hooks run on the model's device as tensor operations, so steering or
+//! ablation on a GPU never copies activations to the host.
+
+use std::sync::{Arc, Mutex};
+
+use tch::{Kind, Tensor};
+
+/// A place in the forward pass, by layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Site {
+    /// The residual stream entering the layer.
+    ResidPre(usize),
+    /// The residual stream leaving the layer.
+    ResidPost(usize),
+    /// The MLP's output, before it is added to the residual stream.
+    MlpOut(usize),
+}
+
+impl Site {
+    /// The layer this site belongs to.
+    pub fn layer(self) -> usize {
+        match self {
+            Site::ResidPre(l) | Site::ResidPost(l) | Site::MlpOut(l) => l,
+        }
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Site::ResidPre(_) => 0,
+            Site::ResidPost(_) => 1,
+            Site::MlpOut(_) => 2,
+        }
+    }
+}
+
+/// Which forward pass of a generation a hook is called in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The prompt, all positions at once.
+    Prefill,
+    /// One generated token per sequence; `step` counts from 0.
+    Decode { step: usize },
+}
+
+/// Which token positions a hook acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// Every token.
+    All,
+    /// Prompt tokens only.
+    Prompt,
+    /// Generated tokens only.
+    Generated,
+    /// Token positions `start..end` of each sequence (padding not counted).
+    Positions { start: i64, end: i64 },
+}
+
+/// What a hook sees besides the activation.
+pub struct HookCtx<'a> {
+    pub site: Site,
+    pub phase: Phase,
+    /// Position of each token in its sequence, `[batch, seq]`; padding is -1.
+    pub positions: &'a Tensor,
+}
+
+impl HookCtx<'_> {
+    /// A `[batch, seq, 1]` mask of the tokens in `span`, in `kind`; `None`
+    /// when every token is in it, so callers can skip the multiply.
+    pub fn span_mask(&self, span: Span, kind: Kind) -> Option<Tensor> {
+        let is_prefill = self.phase == Phase::Prefill;
+        match span {
+            Span::All => None,
+            Span::Prompt if is_prefill => None,
+            Span::Generated if !is_prefill => None,
+            Span::Prompt | Span::Generated => Some(self.positions.zeros_like().to_kind(kind).unsqueeze(-1)),
+            Span::Positions { start, end } => Some(
+                self.positions
+                    .ge(start)
+                    .logical_and(&self.positions.lt(end))
+                    .to_kind(kind)
+                    .unsqueeze(-1),
+            ),
+        }
+    }
+}
+
+/// Code that runs at a site; returning a tensor replaces the activation.
+pub trait Hook: Send {
+    /// Called with the activation `[batch, seq, hidden]` at the hook's site.
+    fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor>;
+}
+
+/// The hooks of one forward pass or generation, in the order they run.
+#[derive(Default)]
+pub struct HookSet {
+    hooks: Vec<(Site, Box<dyn Hook>)>,
+    /// `active[layer][slot]`: whether any hook is registered there, so the
+    /// forward pass pays nothing at sites without hooks.
+    active: Vec<[bool; 3]>,
+}
+
+impl HookSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a hook at `site`; hooks at one site run in the order added.
+    pub fn add(&mut self, site: Site, hook: impl Hook + 'static) -> &mut Self {
+        let layer = site.layer();
+        if self.active.len() <= layer {
+            self.active.resize(layer + 1, [false; 3]);
+        }
+        self.active[layer][site.slot()] = true;
+        self.hooks.push((site, Box::new(hook)));
+        self
+    }
+
+    /// Whether no hook is registered.
+    pub fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
+    /// The highest layer any hook refers to.
+    pub fn max_layer(&self) -> Option<usize> {
+        self.hooks.iter().map(|(s, _)| s.layer()).max()
+    }
+
+    /// Runs the hooks at `site` on `x` in place.
+    pub(crate) fn run(&mut self, site: Site, x: &mut Tensor, phase: Phase, positions: &Tensor) {
+        let on = self
+            .active
+            .get(site.layer())
+            .is_some_and(|slots| slots[site.slot()]);
+        if !on {
+            return;
+        }
+        let ctx = HookCtx {
+            site,
+            phase,
+            positions,
+        };
+        for (s, hook) in &mut self.hooks {
+            if *s == site {
+                if let Some(y) = hook.call(x, &ctx) {
+                    *x = y;
+                }
+            }
+        }
+    }
+}
+
+/// Adds `scale * vector` to the activation (steering).
+pub struct AddVector {
+    vector: Tensor,
+    scale: f64,
+    span: Span,
+}
+
+impl AddVector {
+    /// Steers by `scale * vector` over `span`; `vector` has the hidden size.
+    pub fn new(vector: &Tensor, scale: f64, span: Span) -> Self {
+        AddVector {
+            vector: vector.shallow_clone(),
+            scale,
+            span,
+        }
+    }
+}
+
+impl Hook for AddVector {
+    fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor> {
+        let delta = (&self.vector * self.scale).to_device(x.device()).to_kind(x.kind());
+        Some(match ctx.span_mask(self.span, x.kind()) {
+            None => x + delta,
+            Some(mask) => x + mask * delta,
+        })
+    }
+}
+
+/// Projects a direction out of the activation: x ← x − v̂ v̂ᵀ x (ablation).
+pub struct ProjectOut {
+    unit: Tensor,
+    span: Span,
+}
+
+impl ProjectOut {
+    /// Ablates the direction of `vector` (normalised here) over `span`.
+    pub fn new(vector: &Tensor, span: Span) -> Self {
+        let v = vector.to_kind(Kind::Float);
+        ProjectOut {
+            unit: &v / v.norm(),
+            span,
+        }
+    }
+}
+
+impl Hook for ProjectOut {
+    fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor> {
+        // Project in f32 so the result is orthogonal to working precision.
+        let unit = self.unit.to_device(x.device());
+        let xf = x.to_kind(Kind::Float);
+        let coeff = xf.matmul(&unit).unsqueeze(-1);
+        let removed = match ctx.span_mask(self.span, Kind::Float) {
+            None => coeff,
+            Some(mask) => coeff * mask,
+        };
+        Some((xf - removed * unit).to_kind(x.kind()))
+    }
+}
+
+/// Records copies of the activation, one `[batch, seq, hidden]` tensor per call.
+#[derive(Clone, Default)]
+pub struct Capture {
+    store: Arc<Mutex<Vec<(Phase, Tensor)>>>,
+}
+
+impl Capture {
+    /// A capture with an empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes what was recorded so far, leaving the store empty.
+    pub fn take(&self) -> Vec<(Phase, Tensor)> {
+        std::mem::take(&mut *self.store.lock().expect("capture store poisoned"))
+    }
+}
+
+impl Hook for Capture {
+    fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor> {
+        self.store
+            .lock()
+            .expect("capture store poisoned")
+            .push((ctx.phase, x.copy()));
+        None
+    }
+}

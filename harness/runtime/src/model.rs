@@ -1,0 +1,281 @@
+//! The decoder-only transformer of `llama` and `qwen2` (RMSNorm, RoPE, GQA, SwiGLU).
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::cache::KvCache;
+use crate::hooks::{HookSet, Phase, Site};
+use crate::weights::WeightFiles;
+use crate::{ModelConfig, RuntimeError};
+
+struct Layer {
+    input_norm: Tensor,
+    /// q, k and v projections stacked into one matrix: one matmul instead of three.
+    qkv_w: Tensor,
+    qkv_b: Option<Tensor>,
+    o_w: Tensor,
+    post_norm: Tensor,
+    /// gate and up projections stacked likewise.
+    gate_up_w: Tensor,
+    down_w: Tensor,
+}
+
+/// A loaded model, ready to run on its device.
+pub struct Model {
+    pub config: ModelConfig,
+    pub dir: PathBuf,
+    pub device: Device,
+    pub kind: Kind,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    /// RoPE inverse frequencies, f32 on the device.
+    inv_freq: Tensor,
+}
+
+/// Token ids and positions of a left-padded batch.
+pub struct Batch {
+    /// `[batch, seq]` token ids (padding filled with the pad id).
+    pub ids: Tensor,
+    /// `[batch, seq]` position of each token in its sequence; -1 for padding.
+    pub positions: Tensor,
+    /// Length of each prompt, without padding.
+    pub lengths: Vec<usize>,
+}
+
+impl Batch {
+    /// Left-pads `prompts` to a common length.
+    pub fn left_padded(prompts: &[Vec<u32>], pad_id: u32, device: Device) -> Self {
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(prompts.len() * width);
+        let mut pos = Vec::with_capacity(prompts.len() * width);
+        for p in prompts {
+            let pad = width - p.len();
+            ids.extend(std::iter::repeat_n(pad_id as i64, pad));
+            ids.extend(p.iter().map(|&t| t as i64));
+            pos.extend(std::iter::repeat_n(-1i64, pad));
+            pos.extend(0..p.len() as i64);
+        }
+        let shape = [prompts.len() as i64, width as i64];
+        Batch {
+            ids: Tensor::from_slice(&ids).view(shape).to_device(device),
+            positions: Tensor::from_slice(&pos).view(shape).to_device(device),
+            lengths: prompts.iter().map(Vec::len).collect(),
+        }
+    }
+}
+
+/// Which positions the forward pass returns logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsAt {
+    Last,
+    All,
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3)
+}
+
+impl Model {
+    /// Loads a model folder onto `device`, with weights in `kind`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, RuntimeError> {
+        let config = ModelConfig::from_dir(dir)?;
+        let files = WeightFiles::open(dir)?;
+        let c = &config;
+        let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (q_rows, kv_rows) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let load = |name: &str, shape: &[usize]| files.load(name, shape, kind, device);
+        let embed = load("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let p = format!("model.layers.{l}");
+            let q = load(&format!("{p}.self_attn.q_proj.weight"), &[q_rows, h])?;
+            let k = load(&format!("{p}.self_attn.k_proj.weight"), &[kv_rows, h])?;
+            let v = load(&format!("{p}.self_attn.v_proj.weight"), &[kv_rows, h])?;
+            let qkv_b = if c.qkv_bias {
+                let qb = load(&format!("{p}.self_attn.q_proj.bias"), &[q_rows])?;
+                let kb = load(&format!("{p}.self_attn.k_proj.bias"), &[kv_rows])?;
+                let vb = load(&format!("{p}.self_attn.v_proj.bias"), &[kv_rows])?;
+                Some(Tensor::cat(&[qb, kb, vb], 0))
+            } else {
+                None
+            };
+            let gate = load(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?;
+            let up = load(&format!("{p}.mlp.up_proj.weight"), &[i, h])?;
+            layers.push(Layer {
+                input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
+                qkv_w: Tensor::cat(&[q, k, v], 0),
+                qkv_b,
+                o_w: load(&format!("{p}.self_attn.o_proj.weight"), &[h, q_rows])?,
+                post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate_up_w: Tensor::cat(&[gate, up], 0),
+                down_w: load(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+            });
+        }
+        let norm = load("model.norm.weight", &[h])?;
+        let lm_head = if c.tie_word_embeddings || !files.contains("lm_head.weight") {
+            embed.shallow_clone()
+        } else {
+            load("lm_head.weight", &[c.vocab_size, h])?
+        };
+        // As HF computes it: 1 / theta ** (arange(0, d, 2) / d), in f32.
+        let exponents = Tensor::arange_start_step(0, hd as i64, 2, (Kind::Int64, Device::Cpu))
+            .to_kind(Kind::Float)
+            / hd as f64;
+        let base = Tensor::pow_scalar(c.rope_theta, &exponents).reciprocal();
+        let base: Vec<f32> = Vec::try_from(&base)?;
+        let inv_freq = Tensor::from_slice(&c.scale_inv_freq(base)).to_device(device);
+        Ok(Model {
+            config,
+            dir: dir.to_path_buf(),
+            device,
+            kind,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    /// An empty KV cache for `batch` sequences of up to `capacity` tokens.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+        KvCache::new(&self.config, batch, capacity, self.kind, self.device)
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        x.rms_norm([self.config.hidden_size as i64], Some(w), self.config.rms_norm_eps)
+    }
+
+    /// cos and sin for `positions` `[batch, seq]`, shaped `[batch, 1, seq, head_dim]`.
+    fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.clamp_min(0).to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (
+            emb.cos().to_kind(self.kind).unsqueeze(1),
+            emb.sin().to_kind(self.kind).unsqueeze(1),
+        )
+    }
+
+    /// The attention mask for `t` new tokens at slots `cache.len..`, or `None`
+    /// when plain causal attention is exact (no padding).
+    fn attention_mask(&self, cache: &KvCache, t: i64) -> Option<Tensor> {
+        if !cache.has_padding {
+            return None;
+        }
+        let total = cache.len + t;
+        let valid = cache.valid.narrow(1, 0, total).view([-1, 1, 1, total]);
+        if t == 1 {
+            return Some(valid);
+        }
+        let opts = (Kind::Int64, self.device);
+        let key = Tensor::arange(total, opts).view([1, total]);
+        let query = Tensor::arange_start(cache.len, total, opts).view([t, 1]);
+        let causal = key.le_tensor(&query).view([1, 1, t, total]);
+        // A padding query sees only itself: rows of all -inf would give NaN.
+        let own = key.eq_tensor(&query).view([1, 1, t, total]);
+        Some(causal.logical_and(&valid).logical_or(&own))
+    }
+
+    /// Runs `ids` `[batch, seq]` at `positions` through the model, appending
+    /// to `cache`, and returns logits `[batch, seq or 1, vocab]` in f32.
+    pub(crate) fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        cache: &mut KvCache,
+        hooks: &mut HookSet,
+        phase: Phase,
+        at: LogitsAt,
+    ) -> Result<Tensor, RuntimeError> {
+        let c = &self.config;
+        let (b, t) = (ids.size()[0], ids.size()[1]);
+        if cache.len + t > cache.capacity {
+            return Err(RuntimeError::Request(format!(
+                "{} tokens exceed the cache capacity {}",
+                cache.len + t,
+                cache.capacity
+            )));
+        }
+        let real = positions.ge(0);
+        cache.valid.narrow(1, cache.len, t).copy_(&real);
+        if phase == Phase::Prefill && bool::try_from(real.logical_not().any())? {
+            cache.has_padding = true;
+        }
+        let mask = self.attention_mask(cache, t);
+        let is_causal = mask.is_none() && t > 1 && cache.len == 0;
+        let (cos, sin) = self.rope(positions);
+        let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let total = cache.len + t;
+
+        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
+        for (l, layer) in self.layers.iter().enumerate() {
+            hooks.run(Site::ResidPre(l), &mut x, phase, positions);
+            let h = self.rms_norm(&x, &layer.input_norm);
+            let qkv = h.linear(&layer.qkv_w, layer.qkv_b.as_ref());
+            let q = qkv.narrow(2, 0, nh * hd).view([b, t, nh, hd]).transpose(1, 2);
+            let k = qkv.narrow(2, nh * hd, nkv * hd).view([b, t, nkv, hd]).transpose(1, 2);
+            let v = qkv.narrow(2, (nh + nkv) * hd, nkv * hd).view([b, t, nkv, hd]).transpose(1, 2);
+            let q = &q * &cos + rotate_half(&q) * &sin;
+            let k = &k * &cos + rotate_half(&k) * &sin;
+            cache.k[l].narrow(2, cache.len, t).copy_(&k);
+            cache.v[l].narrow(2, cache.len, t).copy_(&v);
+            let keys = cache.k[l].narrow(2, 0, total);
+            let values = cache.v[l].narrow(2, 0, total);
+            let attn = Tensor::scaled_dot_product_attention(
+                &q,
+                &keys,
+                &values,
+                mask.as_ref(),
+                0.0,
+                is_causal,
+                None,
+                nkv != nh,
+            );
+            let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
+            x += attn.linear::<Tensor>(&layer.o_w, None);
+            let h = self.rms_norm(&x, &layer.post_norm);
+            let gu = h.linear::<Tensor>(&layer.gate_up_w, None);
+            let inter = c.intermediate_size as i64;
+            let act = gu.narrow(2, 0, inter).silu() * gu.narrow(2, inter, inter);
+            let mut mlp = act.linear::<Tensor>(&layer.down_w, None);
+            hooks.run(Site::MlpOut(l), &mut mlp, phase, positions);
+            x += mlp;
+            hooks.run(Site::ResidPost(l), &mut x, phase, positions);
+        }
+        cache.len = total;
+        let x = match at {
+            LogitsAt::Last => x.narrow(1, t - 1, 1),
+            LogitsAt::All => x,
+        };
+        let x = self.rms_norm(&x, &self.norm);
+        Ok(x.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float))
+    }
+
+    /// Logits at every position of left-padded `prompts`: `[batch, seq, vocab]`.
+    pub fn logits(&self, prompts: &[Vec<u32>], pad_id: u32, hooks: &mut HookSet) -> Result<(Tensor, Batch), RuntimeError> {
+        self.check_hooks(hooks)?;
+        let batch = Batch::left_padded(prompts, pad_id, self.device);
+        let (b, t) = (batch.ids.size()[0], batch.ids.size()[1]);
+        let mut cache = self.new_cache(b, t);
+        let logits = tch::no_grad(|| {
+            self.forward(&batch.ids, &batch.positions, &mut cache, hooks, Phase::Prefill, LogitsAt::All)
+        })?;
+        Ok((logits, batch))
+    }
+
+    /// Fails when a hook refers to a layer the model does not have.
+    pub(crate) fn check_hooks(&self, hooks: &HookSet) -> Result<(), RuntimeError> {
+        match hooks.max_layer() {
+            Some(l) if l >= self.config.num_layers => Err(RuntimeError::Request(format!(
+                "a hook refers to layer {l}, but the model has {} layers (0..{})",
+                self.config.num_layers,
+                self.config.num_layers - 1
+            ))),
+            _ => Ok(()),
+        }
+    }
+}

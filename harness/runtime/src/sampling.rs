@@ -1,0 +1,98 @@
+//! Next-token choice: greedy, or temperature / top-k / top-p sampling.
+
+use tch::{Kind, Tensor};
+
+use crate::RuntimeError;
+
+/// How tokens are chosen and when generation stops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    /// Nucleus mass; 1.0 disables it.
+    pub top_p: f64,
+    /// Keep only the k most likely tokens; 0 disables it.
+    pub top_k: usize,
+    /// Always take the most likely token (also when temperature is 0).
+    pub greedy: bool,
+    /// A sequence stops when its text contains one of these; the text is cut before it.
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (for benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            max_new_tokens: 256,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            greedy: false,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Checks the ranges of the parameters.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let bad = |m: String| Err(RuntimeError::Request(m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature {} must be >= 0", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top-p {} must be in (0, 1]", self.top_p));
+        }
+        if self.max_new_tokens == 0 {
+            return bad("max new tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn is_greedy(&self) -> bool {
+        self.greedy || self.temperature == 0.0
+    }
+
+    /// Chooses one token per row of `logits` `[batch, vocab]` (f32); `uniform`
+    /// holds one draw in [0, 1) per row, from that sequence's own generator.
+    pub(crate) fn choose(&self, logits: &Tensor, uniform: &[f64]) -> Tensor {
+        if self.is_greedy() {
+            return logits.argmax(-1, false);
+        }
+        let scaled = logits / self.temperature;
+        // Candidates in descending order when k or p needs ranking; HF applies
+        // temperature, then top-k, then top-p, and so do we.
+        let (vals, idx) = if self.top_k > 0 {
+            let k = self.top_k.min(logits.size()[1] as usize) as i64;
+            let (v, i) = scaled.topk(k, -1, true, true);
+            (v, Some(i))
+        } else if self.top_p < 1.0 {
+            let (v, i) = scaled.sort(-1, true);
+            (v, Some(i))
+        } else {
+            (scaled, None)
+        };
+        let mut probs = vals.softmax(-1, Kind::Float);
+        if self.top_p < 1.0 {
+            // Drop a token when the mass before it already reaches top_p;
+            // the first token always stays.
+            let before = probs.cumsum(-1, Kind::Float) - &probs;
+            probs = probs.masked_fill(&before.ge(self.top_p), 0.0);
+        }
+        let cdf = probs.cumsum(-1, Kind::Float);
+        let total = cdf.narrow(1, cdf.size()[1] - 1, 1);
+        let u = Tensor::from_slice(uniform)
+            .to_kind(Kind::Float)
+            .to_device(logits.device())
+            .view([-1, 1])
+            * &total;
+        let n = cdf.size()[1];
+        let choice = u.searchsorted(&cdf, false, true, "right", None::<Tensor>).clamp_max(n - 1);
+        match idx {
+            Some(idx) => idx.gather(1, &choice, false).squeeze_dim(1),
+            None => choice.squeeze_dim(1),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Safetensors weights of a model folder, single-file or sharded with an index.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use tch::{Device, Kind, Tensor};
+
+use crate::RuntimeError;
+
+/// The memory-mapped safetensors files of a model folder.
+pub struct WeightFiles {
+    maps: Vec<(PathBuf, Mmap)>,
+    /// Tensor name → index into `maps`.
+    index: HashMap<String, usize>,
+}
+
+fn file_err(path: &Path, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::File {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn map_file(path: &Path) -> Result<Mmap, RuntimeError> {
+    let f = File::open(path).map_err(|e| file_err(path, e.to_string()))?;
+    // SAFETY: read-only map; weight files are not modified while a model loads.
+    unsafe { Mmap::map(&f) }.map_err(|e| file_err(path, e.to_string()))
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        _ => return None,
+    })
+}
+
+impl WeightFiles {
+    /// Opens `model.safetensors` or the shards listed in `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self, RuntimeError> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.is_file() {
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|e| file_err(&index_path, e.to_string()))?;
+            let idx: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| file_err(&index_path, format!("invalid JSON: {e}")))?;
+            let map = idx["weight_map"]
+                .as_object()
+                .ok_or_else(|| file_err(&index_path, "no `weight_map` object"))?;
+            let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else if dir.join("model.safetensors").is_file() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            return Err(file_err(
+                dir,
+                "no model.safetensors or model.safetensors.index.json",
+            ));
+        };
+        let mut maps = Vec::new();
+        let mut index = HashMap::new();
+        for (i, path) in files.into_iter().enumerate() {
+            let mmap = map_file(&path)?;
+            let st = SafeTensors::deserialize(&mmap)
+                .map_err(|e| file_err(&path, format!("corrupt or truncated safetensors: {e}")))?;
+            for name in st.names() {
+                index.insert(name.to_string(), i);
+            }
+            maps.push((path, mmap));
+        }
+        Ok(WeightFiles { maps, index })
+    }
+
+    /// Whether a tensor of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Loads a tensor, checks its shape, and moves it to `kind` on `device`.
+    pub fn load(
+        &self,
+        name: &str,
+        shape: &[usize],
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor, RuntimeError> {
+        let &i = self.index.get(name).ok_or_else(|| RuntimeError::Weight {
+            path: self.maps[0].0.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            tensor: name.into(),
+            reason: "missing from the weight files".into(),
+        })?;
+        let (path, mmap) = &self.maps[i];
+        let err = |reason: String| RuntimeError::Weight {
+            path: path.clone(),
+            tensor: name.into(),
+            reason,
+        };
+        let st = SafeTensors::deserialize(mmap).map_err(|e| err(e.to_string()))?;
+        let view = st.tensor(name).map_err(|e| err(e.to_string()))?;
+        if view.shape() != shape {
+            return Err(err(format!(
+                "shape {:?} does not match the config, which implies {:?}",
+                view.shape(),
+                shape
+            )));
+        }
+        let src_kind =
+            kind_of(view.dtype()).ok_or_else(|| err(format!("unsupported dtype {:?}", view.dtype())))?;
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &dims, src_kind)?;
+        Ok(t.f_to_device(device)?.f_to_kind(kind)?)
+    }
+}

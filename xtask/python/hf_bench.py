@@ -1,0 +1,44 @@
+"""HF transformers `generate` throughput, the reference beside `emh generate`.
+
+Prints one JSON object: new tokens per second over the timed runs.
+"""
+import argparse
+import json
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", required=True)
+ap.add_argument("--prompts", required=True)
+ap.add_argument("--batch-size", type=int, required=True)
+ap.add_argument("--max-new-tokens", type=int, default=128)
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--dtype", default="float32")
+ap.add_argument("--repeats", type=int, default=1)
+a = ap.parse_args()
+
+torch.manual_seed(0)
+tok = AutoTokenizer.from_pretrained(a.model)
+tok.padding_side = "left"
+model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype)).to(a.device).eval()
+lines = [json.loads(l) for l in open(a.prompts) if l.strip()]
+prompts = [lines[i % len(lines)]["prompt"] for i in range(a.batch_size)]
+texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in prompts]
+enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(a.device)
+kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=a.max_new_tokens,
+          min_new_tokens=a.max_new_tokens, pad_token_id=tok.pad_token_id)
+with torch.no_grad():
+    model.generate(**enc, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+    if a.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    new = 0
+    for _ in range(a.repeats):
+        out = model.generate(**enc, **kw)
+        new += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+    if a.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - start
+print(json.dumps({"tokens": new, "seconds": secs, "tok_per_s": new / secs, "threads": torch.get_num_threads()}))

