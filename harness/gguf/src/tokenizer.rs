@@ -145,7 +145,7 @@ pub fn tokenizer_files(g: &GgufFile) -> Result<TokenizerFiles, GgufError> {
             .get(&format!("{}.context_length", architecture(g)?))
             .and_then(MetaValue::as_u64)
             .unwrap_or(8192),
-        "tokenizer_class": "GPT2Tokenizer",
+        "tokenizer_class": "PreTrainedTokenizerFast",
     });
     if let Some(t) = g.get("tokenizer.chat_template").and_then(MetaValue::as_str) {
         config["chat_template"] = json!(t);
