@@ -36,7 +36,16 @@ fn assert_logits_match(model: &Path, dir: &Path) {
     write_jsonl(&prompts, &raw_prompts());
     let out = dir.join("logits.safetensors");
     emh_ok(&[
-        "logits", "--model", s(model), "--device", "cpu", "--raw", "--prompts", s(&prompts), "--out", s(&out),
+        "logits",
+        "--model",
+        s(model),
+        "--device",
+        "cpu",
+        "--raw",
+        "--prompts",
+        s(&prompts),
+        "--out",
+        s(&out),
     ]);
     let r = reference(&["logits", "--model", s(model), "--ours", s(&out)]);
     let diff = r["max_abs_diff"].as_f64().unwrap();
@@ -49,11 +58,33 @@ fn assert_greedy_matches(model: &Path, dir: &Path, max_new: usize) {
     write_jsonl(&prompts, &chat_prompts());
     let out = dir.join("greedy.jsonl");
     emh_ok(&[
-        "generate", "--model", s(model), "--device", "cpu", "--prompts", s(&prompts), "--greedy",
-        "--max-new-tokens", &max_new.to_string(), "--out", s(&out),
+        "generate",
+        "--model",
+        s(model),
+        "--device",
+        "cpu",
+        "--prompts",
+        s(&prompts),
+        "--greedy",
+        "--max-new-tokens",
+        &max_new.to_string(),
+        "--out",
+        s(&out),
     ]);
-    let r = reference(&["generate", "--model", s(model), "--ours", s(&out), "--max-new-tokens", &max_new.to_string()]);
-    assert_eq!(r["identical"], json!(true), "greedy tokens differ from HF: {r}");
+    let r = reference(&[
+        "generate",
+        "--model",
+        s(model),
+        "--ours",
+        s(&out),
+        "--max-new-tokens",
+        &max_new.to_string(),
+    ]);
+    assert_eq!(
+        r["identical"],
+        json!(true),
+        "greedy tokens differ from HF: {r}"
+    );
 }
 
 #[test]
@@ -81,21 +112,83 @@ fn chat_template_renders_and_tokenizes_like_hf() {
     write_jsonl(&file, &inputs);
     let ours = tmp.path().join("ours.jsonl");
     let model = default_model();
-    emh_ok(&["tokenize", "--model", s(&model), "--prompts", s(&file), "--out", s(&ours)]);
-    let r = reference(&["tokenize", "--model", s(&model), "--inputs", s(&file), "--ours", s(&ours)]);
+    emh_ok(&[
+        "tokenize",
+        "--model",
+        s(&model),
+        "--prompts",
+        s(&file),
+        "--out",
+        s(&ours),
+    ]);
+    let r = reference(&[
+        "tokenize",
+        "--model",
+        s(&model),
+        "--inputs",
+        s(&file),
+        "--ours",
+        s(&ours),
+    ]);
     assert_eq!(r["compared"], json!(inputs.len()), "{r}");
-    assert_eq!(r["mismatch_count"], json!(0), "chat template or ids differ from HF: {r}");
+    assert_eq!(
+        r["mismatch_count"],
+        json!(0),
+        "chat template or ids differ from HF: {r}"
+    );
 }
 
 /// A few hundred strings mixing scripts, digits, whitespace runs and special tokens.
 fn varied_strings() -> Vec<String> {
     const PIECES: &[&str] = &[
-        "Hello", " world", "  ", "   ", "\n", "\n\n", "\t", "12345", "3.14159", "1,000,000", "héllo",
-        "naïve café", "日本語のテキスト", "🙂🚀", "Ελληνικά", "русский текст", "العربية", "<|im_start|>",
-        "<|im_end|>", "<|endoftext|>", "don't", "I'M", "you'll", "   leading", "trailing   ", "a\r\nb",
-        "x=y+z;", "def f(x):\n    return x**2", "https://example.com/a?b=c", "!!!???", "\u{a0}nbsp",
-        "👩\u{200d}💻", "tab\tsep", "MiXeD CaSe", "0", "007", "2024-11-22", "$1.99", "¿Qué?", "ß",
-        "{\"json\": [1, 2]}", "<unknown_tag>", "....", "--", "e\u{301}", "한국어", "ไทย", "🇫🇷",
+        "Hello",
+        " world",
+        "  ",
+        "   ",
+        "\n",
+        "\n\n",
+        "\t",
+        "12345",
+        "3.14159",
+        "1,000,000",
+        "héllo",
+        "naïve café",
+        "日本語のテキスト",
+        "🙂🚀",
+        "Ελληνικά",
+        "русский текст",
+        "العربية",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "don't",
+        "I'M",
+        "you'll",
+        "   leading",
+        "trailing   ",
+        "a\r\nb",
+        "x=y+z;",
+        "def f(x):\n    return x**2",
+        "https://example.com/a?b=c",
+        "!!!???",
+        "\u{a0}nbsp",
+        "👩\u{200d}💻",
+        "tab\tsep",
+        "MiXeD CaSe",
+        "0",
+        "007",
+        "2024-11-22",
+        "$1.99",
+        "¿Qué?",
+        "ß",
+        "{\"json\": [1, 2]}",
+        "<unknown_tag>",
+        "....",
+        "--",
+        "e\u{301}",
+        "한국어",
+        "ไทย",
+        "🇫🇷",
     ];
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = |n: usize| {
@@ -121,15 +214,41 @@ fn tokenizer_ids_match_hf_for_varied_strings() {
     write_jsonl(&file, &inputs);
     let ours = tmp.path().join("ours.jsonl");
     let model = default_model();
-    emh_ok(&["tokenize", "--model", s(&model), "--raw", "--prompts", s(&file), "--out", s(&ours)]);
+    emh_ok(&[
+        "tokenize",
+        "--model",
+        s(&model),
+        "--raw",
+        "--prompts",
+        s(&file),
+        "--out",
+        s(&ours),
+    ]);
     // HF reading the folder emh imported...
-    let r = reference(&["tokenize", "--model", s(&model), "--raw", "--inputs", s(&file), "--ours", s(&ours)]);
+    let r = reference(&[
+        "tokenize",
+        "--model",
+        s(&model),
+        "--raw",
+        "--inputs",
+        s(&file),
+        "--ours",
+        s(&ours),
+    ]);
     assert_eq!(r["mismatch_count"], json!(0), "{r}");
     // ...and HF's own conversion of the GGUF tokenizer, independent of ours.
     let gguf = default_gguf();
     let r = reference(&[
-        "tokenize", "--model", s(gguf.parent().unwrap()), "--gguf", gguf.file_name().unwrap().to_str().unwrap(),
-        "--raw", "--inputs", s(&file), "--ours", s(&ours),
+        "tokenize",
+        "--model",
+        s(gguf.parent().unwrap()),
+        "--gguf",
+        gguf.file_name().unwrap().to_str().unwrap(),
+        "--raw",
+        "--inputs",
+        s(&file),
+        "--ours",
+        s(&ours),
     ]);
     assert_eq!(r["compared"], json!(strings.len()));
     assert_eq!(r["mismatch_count"], json!(0), "{r}");
@@ -137,7 +256,13 @@ fn tokenizer_ids_match_hf_for_varied_strings() {
 
 #[test]
 fn default_model_import_matches_hf_gguf_loader() {
-    let r = reference(&["gguf-weights", "--gguf", s(&default_gguf()), "--ours", s(&default_model())]);
+    let r = reference(&[
+        "gguf-weights",
+        "--gguf",
+        s(&default_gguf()),
+        "--ours",
+        s(&default_model()),
+    ]);
     assert_eq!(r["missing"], json!([]), "{r}");
     assert_eq!(r["max_abs_diff"].as_f64(), Some(0.0), "{r}");
 }
@@ -146,7 +271,13 @@ fn default_model_import_matches_hf_gguf_loader() {
 fn every_quant_type_imports_like_hf_gguf_loader() {
     let tmp = tempfile::tempdir().unwrap();
     let gguf = tmp.path().join("mixed.gguf");
-    reference(&["make-gguf", "--out", s(&gguf), "--tokenizer-gguf", s(&default_gguf())]);
+    reference(&[
+        "make-gguf",
+        "--out",
+        s(&gguf),
+        "--tokenizer-gguf",
+        s(&default_gguf()),
+    ]);
     let out = tmp.path().join("mixed");
     emh_ok(&["import-gguf", s(&gguf), "--out", s(&out)]);
     let r = reference(&["gguf-weights", "--gguf", s(&gguf), "--ours", s(&out)]);
@@ -158,7 +289,15 @@ fn every_quant_type_imports_like_hf_gguf_loader() {
 fn tiny(arch: &str, dir: &Path, extra: &[&str]) -> std::path::PathBuf {
     let out = dir.join(arch);
     let model = default_model();
-    let mut args = vec!["make-tiny", "--arch", arch, "--out", s(&out), "--tokenizer-from", s(&model)];
+    let mut args = vec![
+        "make-tiny",
+        "--arch",
+        arch,
+        "--out",
+        s(&out),
+        "--tokenizer-from",
+        s(&model),
+    ];
     args.extend_from_slice(extra);
     reference(&args);
     out

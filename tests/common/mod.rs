@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn data_dir() -> PathBuf {
-    let env = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let env = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
     env("EMH_HOME").unwrap_or_else(|| {
         env("XDG_CACHE_HOME")
             .unwrap_or_else(|| env("HOME").unwrap_or_else(|| ".".into()).join(".cache"))
@@ -26,11 +30,16 @@ fn must_exist(p: PathBuf, what: &str) -> PathBuf {
 
 /// The `emh` binary built in this target directory.
 pub fn emh_bin() -> PathBuf {
-    let p = std::env::var_os("EMH_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        // Test executables live in target/<profile>/deps; emh in target/<profile>.
-        let exe = std::env::current_exe().expect("test executable path");
-        exe.parent().and_then(Path::parent).expect("target/<profile>").join("emh")
-    });
+    let p = std::env::var_os("EMH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // Test executables live in target/<profile>/deps; emh in target/<profile>.
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>")
+                .join("emh")
+        });
     must_exist(p, "the emh binary")
 }
 
@@ -94,7 +103,10 @@ pub fn reference(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().expect("hf_reference.py printed a result");
+    let line = stdout
+        .lines()
+        .last()
+        .expect("hf_reference.py printed a result");
     serde_json::from_str(line).expect("hf_reference.py prints JSON")
 }
 

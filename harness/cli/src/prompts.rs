@@ -22,7 +22,8 @@ pub struct PromptLine {
 
 /// Reads a prompts file, naming the line of any error.
 pub fn read_file(path: &Path) -> Result<Vec<PromptLine>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -205,7 +205,10 @@ fn model_config(
         "torch_dtype": dtype.torch_name(),
         "rope_scaling": null,
     });
-    if let Some(rot) = g.get(&key("rope.dimension_count")).and_then(MetaValue::as_u64) {
+    if let Some(rot) = g
+        .get(&key("rope.dimension_count"))
+        .and_then(MetaValue::as_u64)
+    {
         if rot != hidden / heads {
             cfg["head_dim"] = json!(rot);
         }
@@ -289,7 +292,10 @@ pub fn convert_to_hf(
         }
         cur.bytes += data.len();
         cur.tensors.push((hf_name.clone(), shape, data));
-        shard_names.last_mut().expect("one list per shard").push(hf_name.clone());
+        shard_names
+            .last_mut()
+            .expect("one list per shard")
+            .push(hf_name.clone());
         progress(done + 1, wanted.len());
     }
     write_shard(&cur, opts.dtype, &shard_path(written, n_shards_est))?;

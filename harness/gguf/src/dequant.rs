@@ -63,15 +63,22 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Dequantizes `numel` values of type `ty` from `bytes`.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>, String> {
     let bs = ty.block_size();
-    if numel % bs != 0 {
-        return Err(format!("{numel} elements is not a whole number of {ty:?} blocks"));
+    if !numel.is_multiple_of(bs) {
+        return Err(format!(
+            "{numel} elements is not a whole number of {ty:?} blocks"
+        ));
     }
     let want = numel / bs * ty.type_size();
     if bytes.len() != want {
-        return Err(format!("{} bytes of {ty:?} data, expected {want}", bytes.len()));
+        return Err(format!(
+            "{} bytes of {ty:?} data, expected {want}",
+            bytes.len()
+        ));
     }
     let mut out = vec![0f32; numel];
-    let blocks = bytes.chunks_exact(ty.type_size()).zip(out.chunks_exact_mut(bs));
+    let blocks = bytes
+        .chunks_exact(ty.type_size())
+        .zip(out.chunks_exact_mut(bs));
     match ty {
         GgmlType::F32 => {
             for (b, y) in blocks {

@@ -216,7 +216,10 @@ impl GgufFile {
             pos: 0,
             path,
         };
-        if c.take(4).map_err(|_| c.err("file is shorter than the magic"))? != MAGIC {
+        if c.take(4)
+            .map_err(|_| c.err("file is shorter than the magic"))?
+            != MAGIC
+        {
             return Err(c.err("bad magic (expected \"GGUF\")"));
         }
         let version = c.u32()?;
@@ -239,7 +242,9 @@ impl GgufFile {
             if n_dims == 0 || n_dims > 4 {
                 return Err(c.err(format!("tensor `{name}` has {n_dims} dimensions")));
             }
-            let dims = (0..n_dims).map(|_| c.u64()).collect::<Result<Vec<_>, _>>()?;
+            let dims = (0..n_dims)
+                .map(|_| c.u64())
+                .collect::<Result<Vec<_>, _>>()?;
             let raw_ty = c.u32()?;
             let ggml_type = GgmlType::from_id(raw_ty)
                 .ok_or_else(|| c.err(format!("tensor `{name}` has unknown type id {raw_ty}")))?;
@@ -315,7 +320,7 @@ impl GgufFile {
         };
         let numel = t.numel();
         let block = t.ggml_type.block_size() as u64;
-        if t.dims[0] % block != 0 {
+        if !t.dims[0].is_multiple_of(block) {
             return Err(err(format!(
                 "first dimension {} is not a multiple of the {:?} block size {block}",
                 t.dims[0], t.ggml_type

@@ -26,7 +26,10 @@ fn string_array<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>, GgufErro
         .as_array()
         .ok_or_else(|| g.meta_err(key, "not an array"))?
         .iter()
-        .map(|v| v.as_str().ok_or_else(|| g.meta_err(key, "not an array of strings")))
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| g.meta_err(key, "not an array of strings"))
+        })
         .collect()
 }
 
@@ -74,12 +77,17 @@ pub fn tokenizer_files(g: &GgufFile) -> Result<TokenizerFiles, GgufError> {
     if model != "gpt2" {
         return Err(GgufError::Unsupported {
             path: g.path().to_path_buf(),
-            reason: format!("tokenizer model `{model}` (only byte-level BPE, `gpt2`, is supported)"),
+            reason: format!(
+                "tokenizer model `{model}` (only byte-level BPE, `gpt2`, is supported)"
+            ),
         });
     }
     let tokens = string_array(g, "tokenizer.ggml.tokens")?;
     let merges = string_array(g, "tokenizer.ggml.merges")?;
-    let types: Vec<u64> = match g.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array) {
+    let types: Vec<u64> = match g
+        .get("tokenizer.ggml.token_type")
+        .and_then(MetaValue::as_array)
+    {
         Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
         None => vec![1; tokens.len()],
     };

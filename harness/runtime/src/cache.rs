@@ -23,7 +23,12 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `batch` sequences of up to `capacity` tokens.
     pub fn new(cfg: &ModelConfig, batch: i64, capacity: i64, kind: Kind, device: Device) -> Self {
-        let shape = [batch, cfg.num_kv_heads as i64, capacity, cfg.head_dim as i64];
+        let shape = [
+            batch,
+            cfg.num_kv_heads as i64,
+            capacity,
+            cfg.head_dim as i64,
+        ];
         let alloc = || {
             (0..cfg.num_layers)
                 .map(|_| Tensor::zeros(shape, (kind, device)))

@@ -121,9 +121,10 @@ impl ModelConfig {
             .model_type
             .clone()
             .or_else(|| {
-                raw.architectures.as_ref().and_then(|a| a.first()).map(|a| {
-                    a.trim_end_matches("ForCausalLM").to_lowercase()
-                })
+                raw.architectures
+                    .as_ref()
+                    .and_then(|a| a.first())
+                    .map(|a| a.trim_end_matches("ForCausalLM").to_lowercase())
             })
             .unwrap_or_default();
         if model_type != "llama" && model_type != "qwen2" {
@@ -134,17 +135,25 @@ impl ModelConfig {
         }
         if let Some(act) = raw.hidden_act.as_deref() {
             if act != "silu" {
-                return Err(unsupported(&path, format!("hidden_act `{act}` (only silu)")));
+                return Err(unsupported(
+                    &path,
+                    format!("hidden_act `{act}` (only silu)"),
+                ));
             }
         }
         if raw.mlp_bias == Some(true) {
             return Err(unsupported(&path, "mlp_bias = true".into()));
         }
-        if raw.num_attention_heads == 0 || raw.hidden_size % raw.num_attention_heads != 0 && raw.head_dim.is_none() {
-            return Err(unsupported(&path, "hidden_size is not a multiple of num_attention_heads".into()));
+        if raw.num_attention_heads == 0
+            || !raw.hidden_size.is_multiple_of(raw.num_attention_heads) && raw.head_dim.is_none()
+        {
+            return Err(unsupported(
+                &path,
+                "hidden_size is not a multiple of num_attention_heads".into(),
+            ));
         }
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if num_kv_heads == 0 || raw.num_attention_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
             return Err(unsupported(
                 &path,
                 format!(
@@ -154,7 +163,10 @@ impl ModelConfig {
             ));
         }
         // Newer configs nest theta and scaling under `rope_parameters`.
-        let params = raw.rope_parameters.clone().unwrap_or(serde_json::Value::Null);
+        let params = raw
+            .rope_parameters
+            .clone()
+            .unwrap_or(serde_json::Value::Null);
         let rope_theta = raw
             .rope_theta
             .or_else(|| params.get("rope_theta").and_then(|v| v.as_f64()))
@@ -205,8 +217,8 @@ impl ModelConfig {
                         let scaled = if wavelen > low_wavelen { f / factor } else { f };
                         let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                         if medium {
-                            let smooth =
-                                (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
                         } else {
                             scaled as f32

@@ -32,7 +32,9 @@ pub fn parse_device(s: &str) -> Result<Device, RuntimeError> {
             .strip_prefix("cuda:")
             .and_then(|n| n.parse().ok())
             .map(Device::Cuda)
-            .ok_or_else(|| RuntimeError::Request(format!("unknown device `{s}` (cpu, cuda, cuda:N, auto)"))),
+            .ok_or_else(|| {
+                RuntimeError::Request(format!("unknown device `{s}` (cpu, cuda, cuda:N, auto)"))
+            }),
     }
 }
 

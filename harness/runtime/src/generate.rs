@@ -110,22 +110,27 @@ pub fn generate(
                 break;
             }
             if keep.len() < active.len() {
-                let rows = Tensor::from_slice(
-                    &keep.iter().map(|&k| k as i64).collect::<Vec<_>>(),
-                )
-                .to_device(model.device);
+                let rows = Tensor::from_slice(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>())
+                    .to_device(model.device);
                 cache.select_rows(&rows);
                 active = keep.iter().map(|&k| active[k]).collect();
             }
-            let ids: Vec<i64> = active.iter().map(|&r| *seqs[r].tokens.last().expect("one token per step") as i64).collect();
+            let ids: Vec<i64> = active
+                .iter()
+                .map(|&r| *seqs[r].tokens.last().expect("one token per step") as i64)
+                .collect();
             let pos: Vec<i64> = active.iter().map(|&r| seqs[r].next_position).collect();
             for &r in &active {
                 seqs[r].next_position += 1;
             }
             let n = active.len() as i64;
             logits = model.forward(
-                &Tensor::from_slice(&ids).view([n, 1]).to_device(model.device),
-                &Tensor::from_slice(&pos).view([n, 1]).to_device(model.device),
+                &Tensor::from_slice(&ids)
+                    .view([n, 1])
+                    .to_device(model.device),
+                &Tensor::from_slice(&pos)
+                    .view([n, 1])
+                    .to_device(model.device),
                 &mut cache,
                 hooks,
                 Phase::Decode { step },
@@ -158,16 +163,193 @@ fn finish_of(
     params: &SamplingParams,
 ) -> Result<Option<(FinishReason, String)>, RuntimeError> {
     if !params.ignore_eos && tokenizer.eos_ids.contains(&token) {
-        return Ok(Some((FinishReason::Eos, tokenizer.decode(&s.tokens, true)?)));
+        return Ok(Some((
+            FinishReason::Eos,
+            tokenizer.decode(&s.tokens, true)?,
+        )));
     }
     if !params.stop.is_empty() {
         let text = tokenizer.decode(&s.tokens, true)?;
-        if let Some(cut) = params.stop.iter().filter_map(|p| text.find(p.as_str())).min() {
+        if let Some(cut) = params
+            .stop
+            .iter()
+            .filter_map(|p| text.find(p.as_str()))
+            .min()
+        {
             return Ok(Some((FinishReason::Stop, text[..cut].to_string())));
         }
     }
     if s.tokens.len() >= params.max_new_tokens {
-        return Ok(Some((FinishReason::Length, tokenizer.decode(&s.tokens, true)?)));
+        return Ok(Some((
+            FinishReason::Length,
+            tokenizer.decode(&s.tokens, true)?,
+        )));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::{Capture, Site};
+    use crate::test_model;
+
+    fn chat(tok: &Tokenizer, text: &str) -> Vec<u32> {
+        let t = format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n");
+        tok.encode(&t, false).unwrap()
+    }
+
+    #[test]
+    fn left_padding_does_not_change_a_prompts_logits() {
+        let (model, tok) = test_model::load();
+        let short = tok.encode("Paris is the capital of", false).unwrap();
+        let long = tok
+            .encode(
+                "A much longer prompt that forces the short one to be padded on the left side.",
+                false,
+            )
+            .unwrap();
+        let (alone, _) = model
+            .logits(std::slice::from_ref(&short), tok.pad_id, &mut HookSet::new())
+            .unwrap();
+        let (batched, batch) = model
+            .logits(&[long, short.clone()], tok.pad_id, &mut HookSet::new())
+            .unwrap();
+        let width = batch.ids.size()[1];
+        let n = short.len() as i64;
+        let padded = batched.get(1).narrow(0, width - n, n);
+        let diff = (padded - alone.get(0)).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "padding changed logits by {diff}");
+    }
+
+    #[test]
+    fn same_seed_gives_same_tokens_and_another_seed_differs() {
+        let (model, tok) = test_model::load();
+        let params = SamplingParams {
+            max_new_tokens: 24,
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 100,
+            ..Default::default()
+        };
+        let reqs = |seed: u64| {
+            vec![
+                GenRequest {
+                    prompt: chat(&tok, "Tell me a story."),
+                    seed,
+                },
+                GenRequest {
+                    prompt: chat(&tok, "hey I feel bored"),
+                    seed: seed + 1,
+                },
+            ]
+        };
+        let run = |seed| {
+            generate(
+                &model,
+                &tok,
+                &reqs(seed),
+                &params,
+                &mut HookSet::new(),
+                |_| {},
+            )
+            .unwrap()
+            .into_iter()
+            .map(|o| o.tokens)
+            .collect::<Vec<_>>()
+        };
+        let first = run(7);
+        assert_eq!(first, run(7));
+        assert_ne!(first, run(1000));
+    }
+
+    #[test]
+    fn hooks_run_at_prefill_and_every_decode_step() {
+        let (model, tok) = test_model::load();
+        let capture = Capture::new();
+        let mut hooks = HookSet::new();
+        hooks.add(Site::ResidPost(2), capture.clone());
+        let params = SamplingParams {
+            max_new_tokens: 4,
+            ignore_eos: true,
+            greedy: true,
+            ..Default::default()
+        };
+        let req = GenRequest {
+            prompt: chat(&tok, "Hello"),
+            seed: 0,
+        };
+        let out = generate(&model, &tok, std::slice::from_ref(&req), &params, &mut hooks, |_| {}).unwrap();
+        assert_eq!(out[0].tokens.len(), 4);
+        let phases: Vec<Phase> = capture.take().into_iter().map(|(p, _)| p).collect();
+        // The last token needs no forward pass of its own.
+        assert_eq!(
+            phases,
+            vec![
+                Phase::Prefill,
+                Phase::Decode { step: 0 },
+                Phase::Decode { step: 1 },
+                Phase::Decode { step: 2 }
+            ]
+        );
+    }
+
+    #[test]
+    fn stop_strings_end_a_sequence_and_cut_its_text() {
+        let (model, tok) = test_model::load();
+        let params = SamplingParams {
+            max_new_tokens: 40,
+            greedy: true,
+            stop: vec!["Paris".into()],
+            ..Default::default()
+        };
+        let req = GenRequest {
+            prompt: chat(&tok, "What is the capital of France?"),
+            seed: 0,
+        };
+        let out = generate(&model, &tok, &[req], &params, &mut HookSet::new(), |_| {}).unwrap();
+        assert_eq!(out[0].finish, FinishReason::Stop);
+        assert_eq!(out[0].text, "The capital of France is ");
+    }
+
+    #[test]
+    fn finished_sequences_leave_the_batch_without_changing_the_others() {
+        let (model, tok) = test_model::load();
+        let params = SamplingParams {
+            max_new_tokens: 30,
+            greedy: true,
+            ..Default::default()
+        };
+        let long = GenRequest {
+            prompt: chat(&tok, "Write a long essay about the ocean."),
+            seed: 0,
+        };
+        let short = GenRequest {
+            prompt: chat(&tok, "Say yes."),
+            seed: 0,
+        };
+        let alone = generate(
+            &model,
+            &tok,
+            std::slice::from_ref(&long),
+            &params,
+            &mut HookSet::new(),
+            |_| {},
+        )
+        .unwrap();
+        let both = generate(
+            &model,
+            &tok,
+            &[short, long],
+            &params,
+            &mut HookSet::new(),
+            |_| {},
+        )
+        .unwrap();
+        assert!(
+            both[0].tokens.len() < both[1].tokens.len(),
+            "the short answer ends first"
+        );
+        assert_eq!(both[1].tokens, alone[0].tokens);
+    }
 }

@@ -74,7 +74,9 @@ impl HookCtx<'_> {
             Span::All => None,
             Span::Prompt if is_prefill => None,
             Span::Generated if !is_prefill => None,
-            Span::Prompt | Span::Generated => Some(self.positions.zeros_like().to_kind(kind).unsqueeze(-1)),
+            Span::Prompt | Span::Generated => {
+                Some(self.positions.zeros_like().to_kind(kind).unsqueeze(-1))
+            }
             Span::Positions { start, end } => Some(
                 self.positions
                     .ge(start)
@@ -172,7 +174,9 @@ impl AddVector {
 
 impl Hook for AddVector {
     fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor> {
-        let delta = (&self.vector * self.scale).to_device(x.device()).to_kind(x.kind());
+        let delta = (&self.vector * self.scale)
+            .to_device(x.device())
+            .to_kind(x.kind());
         Some(match ctx.span_mask(self.span, x.kind()) {
             None => x + delta,
             Some(mask) => x + mask * delta,
@@ -236,5 +240,131 @@ impl Hook for Capture {
             .expect("capture store poisoned")
             .push((ctx.phase, x.copy()));
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_model;
+
+    fn prompts(tok: &emh_text::Tokenizer) -> Vec<Vec<u32>> {
+        vec![
+            tok.encode("The weather today is", false).unwrap(),
+            tok.encode(
+                "Tell me something about the history of Rome and its emperors.",
+                false,
+            )
+            .unwrap(),
+        ]
+    }
+
+    fn random_vector(hidden: usize, seed: i64) -> Tensor {
+        tch::manual_seed(seed);
+        Tensor::randn([hidden as i64], (Kind::Float, tch::Device::Cpu))
+    }
+
+    fn real_rows(x: &Tensor, positions: &Tensor) -> Tensor {
+        x.index(&[Some(positions.ge(0))])
+    }
+
+    #[test]
+    fn steering_shifts_the_residual_by_exactly_lambda_v() {
+        let (model, tok) = test_model::load();
+        let v = random_vector(model.config.hidden_size, 1);
+        let (before, after) = (Capture::new(), Capture::new());
+        let mut hooks = HookSet::new();
+        hooks
+            .add(Site::ResidPre(7), before.clone())
+            .add(Site::ResidPre(7), AddVector::new(&v, 4.0, Span::All))
+            .add(Site::ResidPre(7), after.clone());
+        let _logits = model
+            .logits(&prompts(&tok), tok.pad_id, &mut hooks)
+            .unwrap();
+        let (b, a) = (&before.take()[0].1, &after.take()[0].1);
+        let shift = a - b - &v * 4.0;
+        let err = shift.abs().max().double_value(&[]);
+        assert!(err < 1e-5, "shift differs from 4v by {err}");
+    }
+
+    #[test]
+    fn steering_with_lambda_zero_changes_nothing() {
+        let (model, tok) = test_model::load();
+        let v = random_vector(model.config.hidden_size, 2);
+        let (base, _) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut HookSet::new())
+            .unwrap();
+        let mut hooks = HookSet::new();
+        for l in 0..model.config.num_layers {
+            hooks.add(Site::ResidPost(l), AddVector::new(&v, 0.0, Span::All));
+        }
+        let (steered, _) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut hooks)
+            .unwrap();
+        assert!(base.equal(&steered));
+    }
+
+    #[test]
+    fn ablation_leaves_every_layer_orthogonal_to_the_direction() {
+        let (model, tok) = test_model::load();
+        let v = random_vector(model.config.hidden_size, 3);
+        let unit = &v / v.norm();
+        let mut hooks = HookSet::new();
+        let captures: Vec<Capture> = (0..model.config.num_layers)
+            .map(|_| Capture::new())
+            .collect();
+        for (l, c) in captures.iter().enumerate() {
+            hooks
+                .add(Site::ResidPost(l), ProjectOut::new(&v, Span::All))
+                .add(Site::ResidPost(l), c.clone());
+        }
+        let (_, batch) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut hooks)
+            .unwrap();
+        for (l, c) in captures.iter().enumerate() {
+            let x = real_rows(&c.take()[0].1, &batch.positions);
+            let cos = x.matmul(&unit) / x.norm_scalaropt_dim(2, [-1], false);
+            let worst = cos.abs().max().double_value(&[]);
+            assert!(worst < 1e-5, "layer {l}: |cos| = {worst}");
+        }
+    }
+
+    #[test]
+    fn a_position_span_changes_only_those_tokens() {
+        let (model, tok) = test_model::load();
+        let v = random_vector(model.config.hidden_size, 4);
+        let (plain, steered) = (Capture::new(), Capture::new());
+        let mut hooks = HookSet::new();
+        hooks
+            .add(Site::ResidPre(3), plain.clone())
+            .add(
+                Site::ResidPre(3),
+                AddVector::new(&v, 2.0, Span::Positions { start: 1, end: 3 }),
+            )
+            .add(Site::ResidPre(3), steered.clone());
+        let (_, batch) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut hooks)
+            .unwrap();
+        let changed = (steered.take()[0].1.shallow_clone() - &plain.take()[0].1)
+            .abs()
+            .amax([-1], false)
+            .gt(0.0);
+        let inside = batch.positions.ge(1).logical_and(&batch.positions.lt(3));
+        assert!(
+            changed.equal(&inside),
+            "changed {changed:?} vs span {inside:?}"
+        );
+    }
+
+    #[test]
+    fn a_hook_beyond_the_last_layer_is_an_error() {
+        let (model, tok) = test_model::load();
+        let mut hooks = HookSet::new();
+        hooks.add(Site::MlpOut(model.config.num_layers), Capture::new());
+        let err = model
+            .logits(&prompts(&tok), tok.pad_id, &mut hooks)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("layer 30"), "{err}");
     }
 }

@@ -20,3 +20,40 @@ pub use model::{Batch, Model};
 pub use sampling::SamplingParams;
 
 pub use tch::{Device, Kind};
+
+/// The imported default model, for unit tests that need real weights.
+#[cfg(test)]
+pub(crate) mod test_model {
+    use std::path::PathBuf;
+
+    /// The folder `cargo xtask setup` imports the default model into.
+    pub fn dir() -> PathBuf {
+        let env = |v: &str| {
+            std::env::var_os(v)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        };
+        let dir = env("EMH_DEFAULT_MODEL_DIR").unwrap_or_else(|| {
+            env("EMH_HOME")
+                .unwrap_or_else(|| {
+                    env("XDG_CACHE_HOME")
+                        .unwrap_or_else(|| env("HOME").unwrap_or_default().join(".cache"))
+                        .join("em-harness")
+                })
+                .join("models/SmolLM2-135M-Instruct")
+        });
+        assert!(
+            dir.join("config.json").is_file(),
+            "default model not found at {}: run the tests with `cargo xtask test`",
+            dir.display()
+        );
+        dir
+    }
+
+    /// The default model on CPU in f32, with its tokenizer.
+    pub fn load() -> (crate::Model, emh_text::Tokenizer) {
+        let dir = dir();
+        let model = crate::Model::load(&dir, tch::Device::Cpu, tch::Kind::Float).unwrap();
+        (model, emh_text::Tokenizer::from_dir(&dir).unwrap())
+    }
+}

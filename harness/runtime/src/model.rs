@@ -20,9 +20,8 @@ struct Linear {
 
 impl Linear {
     fn new(w: Tensor, bias: Option<Tensor>) -> Self {
-        let onednn = w.device() == Device::Cpu
-            && w.kind() == Kind::Float
-            && tch::utils::has_mkldnn();
+        let onednn =
+            w.device() == Device::Cpu && w.kind() == Kind::Float && tch::utils::has_mkldnn();
         Linear {
             w: if onednn { w.to_mkldnn() } else { w },
             bias,
@@ -149,7 +148,10 @@ impl Model {
             layers.push(Layer {
                 input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
                 qkv: Linear::new(Tensor::cat(&[q, k, v], 0), qkv_b),
-                o: Linear::new(load(&format!("{p}.self_attn.o_proj.weight"), &[h, q_rows])?, None),
+                o: Linear::new(
+                    load(&format!("{p}.self_attn.o_proj.weight"), &[h, q_rows])?,
+                    None,
+                ),
                 post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 gate_up: Linear::new(Tensor::cat(&[gate, up], 0), None),
                 down: Linear::new(load(&format!("{p}.mlp.down_proj.weight"), &[h, i])?, None),
@@ -190,7 +192,11 @@ impl Model {
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
-        x.rms_norm([self.config.hidden_size as i64], Some(w), self.config.rms_norm_eps)
+        x.rms_norm(
+            [self.config.hidden_size as i64],
+            Some(w),
+            self.config.rms_norm_eps,
+        )
     }
 
     /// cos and sin for `positions` `[batch, seq]`, shaped `[batch, 1, seq, head_dim]`.
@@ -234,10 +240,20 @@ impl Model {
         mask: Option<&Tensor>,
         is_causal: bool,
     ) -> Tensor {
-        let (nh, nkv) = (self.config.num_heads as i64, self.config.num_kv_heads as i64);
+        let (nh, nkv) = (
+            self.config.num_heads as i64,
+            self.config.num_kv_heads as i64,
+        );
         if self.device != Device::Cpu {
             return Tensor::scaled_dot_product_attention(
-                q, keys, values, mask, 0.0, is_causal, None, nkv != nh,
+                q,
+                keys,
+                values,
+                mask,
+                0.0,
+                is_causal,
+                None,
+                nkv != nh,
             );
         }
         // On CPU, SDPA's kernels are slow for short queries; two batched
@@ -250,7 +266,12 @@ impl Model {
         let qg = q.reshape([b, nkv, group * t, d]);
         let scores = qg.matmul(&keys.transpose(-1, -2)) * (d as f64).powf(-0.5);
         let allowed = match (mask, is_causal) {
-            (Some(m), _) => Some(m.expand([b, group, t, total], false).reshape([b, 1, group * t, total])),
+            (Some(m), _) => {
+                Some(
+                    m.expand([b, group, t, total], false)
+                        .reshape([b, 1, group * t, total]),
+                )
+            }
             (None, true) => {
                 let opts = (Kind::Int64, self.device);
                 let causal = Tensor::arange(total, opts)
@@ -306,9 +327,18 @@ impl Model {
             hooks.run(Site::ResidPre(l), &mut x, phase, positions);
             let h = self.rms_norm(&x, &layer.input_norm);
             let qkv = layer.qkv.forward(&h);
-            let q = qkv.narrow(2, 0, nh * hd).view([b, t, nh, hd]).transpose(1, 2);
-            let k = qkv.narrow(2, nh * hd, nkv * hd).view([b, t, nkv, hd]).transpose(1, 2);
-            let v = qkv.narrow(2, (nh + nkv) * hd, nkv * hd).view([b, t, nkv, hd]).transpose(1, 2);
+            let q = qkv
+                .narrow(2, 0, nh * hd)
+                .view([b, t, nh, hd])
+                .transpose(1, 2);
+            let k = qkv
+                .narrow(2, nh * hd, nkv * hd)
+                .view([b, t, nkv, hd])
+                .transpose(1, 2);
+            let v = qkv
+                .narrow(2, (nh + nkv) * hd, nkv * hd)
+                .view([b, t, nkv, hd])
+                .transpose(1, 2);
             let q = &q * &cos + rotate_half(&q) * &sin;
             let k = &k * &cos + rotate_half(&k) * &sin;
             cache.k[l].narrow(2, cache.len, t).copy_(&k);
@@ -337,13 +367,25 @@ impl Model {
     }
 
     /// Logits at every position of left-padded `prompts`: `[batch, seq, vocab]`.
-    pub fn logits(&self, prompts: &[Vec<u32>], pad_id: u32, hooks: &mut HookSet) -> Result<(Tensor, Batch), RuntimeError> {
+    pub fn logits(
+        &self,
+        prompts: &[Vec<u32>],
+        pad_id: u32,
+        hooks: &mut HookSet,
+    ) -> Result<(Tensor, Batch), RuntimeError> {
         self.check_hooks(hooks)?;
         let batch = Batch::left_padded(prompts, pad_id, self.device);
         let (b, t) = (batch.ids.size()[0], batch.ids.size()[1]);
         let mut cache = self.new_cache(b, t);
         let logits = tch::no_grad(|| {
-            self.forward(&batch.ids, &batch.positions, &mut cache, hooks, Phase::Prefill, LogitsAt::All)
+            self.forward(
+                &batch.ids,
+                &batch.positions,
+                &mut cache,
+                hooks,
+                Phase::Prefill,
+                LogitsAt::All,
+            )
         })?;
         Ok((logits, batch))
     }

@@ -89,7 +89,9 @@ impl SamplingParams {
             .view([-1, 1])
             * &total;
         let n = cdf.size()[1];
-        let choice = u.searchsorted(&cdf, false, true, "right", None::<Tensor>).clamp_max(n - 1);
+        let choice = u
+            .searchsorted(&cdf, false, true, "right", None::<Tensor>)
+            .clamp_max(n - 1);
         match idx {
             Some(idx) => idx.gather(1, &choice, false).squeeze_dim(1),
             None => choice.squeeze_dim(1),

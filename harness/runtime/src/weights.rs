@@ -92,7 +92,11 @@ impl WeightFiles {
         device: Device,
     ) -> Result<Tensor, RuntimeError> {
         let &i = self.index.get(name).ok_or_else(|| RuntimeError::Weight {
-            path: self.maps[0].0.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            path: self.maps[0]
+                .0
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
             tensor: name.into(),
             reason: "missing from the weight files".into(),
         })?;
@@ -111,8 +115,8 @@ impl WeightFiles {
                 shape
             )));
         }
-        let src_kind =
-            kind_of(view.dtype()).ok_or_else(|| err(format!("unsupported dtype {:?}", view.dtype())))?;
+        let src_kind = kind_of(view.dtype())
+            .ok_or_else(|| err(format!("unsupported dtype {:?}", view.dtype())))?;
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &dims, src_kind)?;
         Ok(t.f_to_device(device)?.f_to_kind(kind)?)

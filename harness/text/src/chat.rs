@@ -55,8 +55,18 @@ fn strftime_now(fmt: String) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let name = MONTHS[(month - 1) as usize];
     fmt.replace("%Y", &year.to_string())
@@ -162,10 +172,11 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .expect("added in new()");
-        tmpl.render(Value::from(ctx)).map_err(|e| TextError::Template {
-            path: self.source_path.clone(),
-            reason: format!("rendering failed: {e:#}"),
-        })
+        tmpl.render(Value::from(ctx))
+            .map_err(|e| TextError::Template {
+                path: self.source_path.clone(),
+                reason: format!("rendering failed: {e:#}"),
+            })
     }
 }
 

@@ -35,7 +35,9 @@ impl Tokenizer {
         } else {
             serde_json::Value::Null
         };
-        let mut eos_ids: Vec<u32> = id_of(token_text(&config["eos_token"])).into_iter().collect();
+        let mut eos_ids: Vec<u32> = id_of(token_text(&config["eos_token"]))
+            .into_iter()
+            .collect();
         let gen = dir.join("generation_config.json");
         if gen.is_file() {
             match &read_json(&gen)?["eos_token_id"] {
