@@ -210,7 +210,11 @@ mod tests {
             )
             .unwrap();
         let (alone, _) = model
-            .logits(std::slice::from_ref(&short), tok.pad_id, &mut HookSet::new())
+            .logits(
+                std::slice::from_ref(&short),
+                tok.pad_id,
+                &mut HookSet::new(),
+            )
             .unwrap();
         let (batched, batch) = model
             .logits(&[long, short.clone()], tok.pad_id, &mut HookSet::new())
@@ -279,7 +283,15 @@ mod tests {
             prompt: chat(&tok, "Hello"),
             seed: 0,
         };
-        let out = generate(&model, &tok, std::slice::from_ref(&req), &params, &mut hooks, |_| {}).unwrap();
+        let out = generate(
+            &model,
+            &tok,
+            std::slice::from_ref(&req),
+            &params,
+            &mut hooks,
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(out[0].tokens.len(), 4);
         let phases: Vec<Phase> = capture.take().into_iter().map(|(p, _)| p).collect();
         // The last token needs no forward pass of its own.

@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn renders_with_trim_and_lstrip_blocks() {
         let t = template(
-            "{% for m in messages %}\n  {{ m.role }}: {{ m.content }}{{ eos_token }}\n{% endfor %}\n{% if add_generation_prompt %}assistant:{% endif %}",
+            "{% for m in messages %}\n  {% if m.role %}{{ m.role }}: {{ m.content }}{{ eos_token }}\n  {% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}",
         );
         let out = t.render(&[Message::new("user", "hi")], true).unwrap();
         assert_eq!(out, "user: hi</s>\nassistant:");
