@@ -250,12 +250,54 @@ fn demo() -> Result<()> {
     Ok(())
 }
 
+/// Counts from one `test result:` line of cargo test: (passed, failed, ignored).
+fn parse_result(line: &str) -> Option<(u64, u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| -> Option<u64> {
+        rest.split(';')
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+    };
+    Some((count(" passed")?, count(" failed")?, count(" ignored")?))
+}
+
 fn test(extra: &[&str]) -> Result<()> {
     let env = setup()?;
     let mut cmd = env.cargo(&["test", "--release", "--workspace"]);
     cmd.args(extra)
         .env("EMH_PYTHON", &env.python)
         .env("EMH_BIN", &env.emh)
-        .env("EMH_DEFAULT_MODEL_DIR", &env.model_dir);
-    run(&mut cmd)
+        .env("EMH_DEFAULT_MODEL_DIR", &env.model_dir)
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("starting cargo test")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f, i)) = parse_result(&line) {
+            passed += p;
+            failed += f;
+            ignored += i;
+        }
+    }
+    let status = child.wait()?;
+    // One total over every test binary, so the last line is not a crate's own.
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_result;
+
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let line = "test result: ok. 10 passed; 2 failed; 3 ignored; 0 measured; 0 filtered out; finished in 12.31s";
+        assert_eq!(parse_result(line), Some((10, 2, 3)));
+        assert_eq!(parse_result("running 3 tests"), None);
+    }
 }
