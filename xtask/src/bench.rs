@@ -8,6 +8,14 @@ use anyhow::{bail, Context, Result};
 use crate::Env;
 
 const NEW_TOKENS: usize = 128;
+/// Each side runs this many times, alternating, and reports its median, so
+/// load from elsewhere on the machine hits both alike.
+const REPEATS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 /// Tokens per second from the summary line `emh generate` prints last.
 fn emh_tok_per_s(stderr: &str) -> Result<f64> {
@@ -117,11 +125,17 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
             .map(|i| lines[i % lines.len()].as_str())
             .collect();
         std::fs::write(&file, chosen.join("\n") + "\n")?;
-        eprintln!("bench: batch {batch}: emh");
-        let ours = run_emh(env, &file, batch, device)?;
-        eprintln!("bench: batch {batch}: HF transformers");
-        let hf = run_hf(env, &file, batch, device)?;
-        eprintln!("bench: batch {batch}: emh {ours:.1} tok/s, HF {hf:.1} tok/s");
+        let (mut ours, mut hf) = (Vec::new(), Vec::new());
+        for round in 1..=REPEATS {
+            ours.push(run_emh(env, &file, batch, device)?);
+            hf.push(run_hf(env, &file, batch, device)?);
+            eprintln!(
+                "bench: batch {batch}, round {round}: emh {:.1} tok/s, HF {:.1} tok/s",
+                ours[round - 1],
+                hf[round - 1]
+            );
+        }
+        let (ours, hf) = (median(ours), median(hf));
         rows.push((batch, ours, hf));
     }
     let mut section = String::new();
@@ -140,7 +154,7 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
     )?;
     writeln!(section, "- machine: {}", machine())?;
     writeln!(section, "- date: {}", today())?;
-    writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on both sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prefill included")?;
+    writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on both sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prefill included; median of {REPEATS} alternating runs per side")?;
     writeln!(section, "- reference: HF transformers 5.23.0 `generate` (torch 2.11.0) on the same imported folder in the same run\n")?;
     writeln!(section, "| batch | emh tok/s | HF tok/s | emh / HF |")?;
     writeln!(section, "|---:|---:|---:|---:|")?;
