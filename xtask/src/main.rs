@@ -181,7 +181,8 @@ fn setup() -> Result<Env> {
         torch_lib,
     };
     eprintln!("xtask: building emh (release)");
-    run(&mut env.cargo(&["build", "--release", "-p", "emh-cli"]))?;
+    // The whole workspace: emh and the built-in plugins beside it.
+    run(&mut env.cargo(&["build", "--release", "--workspace"]))?;
     import_default_model(&mut env, &venv)?;
     Ok(env)
 }

@@ -142,6 +142,8 @@ pub struct GenerateArgs {
     /// Output JSONL file (default: standard output).
     #[arg(long, short)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    interventions: crate::plugins::InterventionArgs,
 }
 
 /// Seed of sample `j` of prompt `i`: SplitMix64 over the triple, so seeds of
@@ -197,6 +199,12 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
     };
     params.validate()?;
+    let mut hooks = HookSet::new();
+    let applied = a.interventions.apply(&loaded.model, &mut hooks)?;
+    let interventions: Vec<_> = applied
+        .iter()
+        .map(|i| json!({"plugin": i.plugin, "version": i.version, "config": i.config, "notes": i.notes}))
+        .collect();
     let mut jobs = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let (text, ids) = renderer.encode(line)?;
@@ -224,7 +232,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             &loaded.tokenizer,
             &requests,
             &params,
-            &mut HookSet::new(),
+            &mut hooks,
             |n| {
                 new_tokens += n;
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -245,6 +253,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
                     "n_new_tokens": o.tokens.len(),
                     "tokens": o.tokens,
                     "finish_reason": o.finish,
+                    "interventions": interventions,
                 }),
             ));
         }

@@ -1,6 +1,7 @@
 //! `emh`: the em-harness command line.
 
 mod commands;
+mod plugins;
 mod prompts;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ enum Command {
     ImportGguf(commands::ImportArgs),
     /// List the models emh can find.
     Models,
+    /// List plugins, or check why one will not load.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
 }
 
 /// Keeps freed large blocks in the heap instead of returning them to the OS.
@@ -64,6 +68,7 @@ fn main() {
         Command::Tokenize(a) => commands::tokenize(a),
         Command::ImportGguf(a) => commands::import_gguf(a),
         Command::Models => commands::models(),
+        Command::Plugins(c) => plugins::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -15,7 +15,9 @@ pub use config::{ModelConfig, RopeScaling};
 pub use device::{init_cuda, parse_device, parse_dtype};
 pub use error::RuntimeError;
 pub use generate::{generate, FinishReason, GenOutput, GenRequest};
-pub use hooks::{AddVector, Capture, Hook, HookCtx, HookSet, Phase, ProjectOut, Site, Span};
+pub use hooks::{
+    AddVector, Capture, Hook, HookCtx, HookSet, Phase, ProjectOut, ScaleBy, Site, Span,
+};
 pub use model::{Batch, Model};
 pub use sampling::SamplingParams;
 

@@ -1,0 +1,151 @@
+//! `emh plugins` and the `--intervention` option.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use emh_plugin_api::ModelShape;
+use emh_plugins::{apply_plan, load, Origin, Registry};
+use emh_runtime::{HookSet, Model};
+
+/// Where to look for plugins besides `EMH_PLUGIN_PATH` and the built-in folder.
+#[derive(Args, Clone, Default)]
+pub struct PluginArgs {
+    /// A plugin library to load (repeatable).
+    #[arg(long = "plugin")]
+    plugins: Vec<PathBuf>,
+    /// A folder of plugin libraries (repeatable).
+    #[arg(long)]
+    plugin_dir: Vec<PathBuf>,
+}
+
+impl PluginArgs {
+    /// Loads every plugin these arguments, the environment and the built-in folder name.
+    pub fn registry(&self) -> Registry {
+        Registry::discover(&self.plugins, &self.plugin_dir)
+    }
+}
+
+/// Interventions requested on the command line.
+#[derive(Args, Clone, Default)]
+pub struct InterventionArgs {
+    /// NAME=CONFIG: run intervention plugin NAME with a JSON config, given
+    /// inline or as @file.json (repeatable; applied in order). Example:
+    /// --intervention 'steering={"directions": "dirs.safetensors", "layers": [12], "scale": 8}'
+    #[arg(long = "intervention", value_name = "NAME=CONFIG")]
+    interventions: Vec<String>,
+    #[command(flatten)]
+    plugins: PluginArgs,
+}
+
+/// An intervention as applied: which plugin, its config and its plan's notes.
+pub struct Applied {
+    pub plugin: String,
+    pub version: String,
+    pub config: String,
+    pub notes: String,
+}
+
+impl InterventionArgs {
+    /// Adds the hooks of every requested intervention for `model` to `hooks`.
+    pub fn apply(&self, model: &Model, hooks: &mut HookSet) -> Result<Vec<Applied>> {
+        if self.interventions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let registry = self.plugins.registry();
+        let shape = ModelShape {
+            num_layers: model.config.num_layers as u32,
+            hidden_size: model.config.hidden_size as u32,
+        };
+        let mut applied = Vec::new();
+        for spec in &self.interventions {
+            let (name, config) = spec
+                .split_once('=')
+                .with_context(|| format!("--intervention `{spec}`: expected NAME=CONFIG"))?;
+            let config = match config.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("--intervention {name}: reading {file}"))?,
+                None => config.to_string(),
+            };
+            let plugin = registry.get(name)?;
+            let plan = plugin.plan(&config, shape)?;
+            apply_plan(&plan, plugin, &config, shape, hooks)?;
+            applied.push(Applied {
+                plugin: plugin.name.clone(),
+                version: plugin.version.clone(),
+                config,
+                notes: plan.notes.to_string(),
+            });
+        }
+        Ok(applied)
+    }
+}
+
+/// `emh plugins` subcommands.
+#[derive(Subcommand)]
+pub enum PluginsCommand {
+    /// Every plugin found: name, kind, version and where it came from.
+    List(PluginArgs),
+    /// Load one plugin library and explain why it does or does not load.
+    Check {
+        /// The plugin library (.so, .dylib or .dll).
+        path: PathBuf,
+        /// Also validate this JSON config (inline or @file.json).
+        #[arg(long)]
+        config: Option<String>,
+    },
+}
+
+/// Runs an `emh plugins` subcommand.
+pub fn run(cmd: PluginsCommand) -> Result<()> {
+    match cmd {
+        PluginsCommand::List(args) => {
+            let reg = args.registry();
+            if reg.plugins.is_empty() {
+                println!("no plugins found");
+            }
+            for p in &reg.plugins {
+                println!(
+                    "{:<24} {:<13} {:<9} {:<16} {}\n{:<24} {}",
+                    p.name,
+                    p.kind.as_str(),
+                    p.version,
+                    p.origin.as_str(),
+                    p.path.display(),
+                    "",
+                    p.description
+                );
+            }
+            for e in &reg.failures {
+                println!("not loaded: {e}");
+            }
+            Ok(())
+        }
+        PluginsCommand::Check { path, config } => {
+            let p = load(&path, Origin::Explicit)?;
+            println!(
+                "{}: loads: {} {} ({} plugin, interface {})",
+                path.display(),
+                p.name,
+                p.version,
+                p.kind.as_str(),
+                emh_plugin_api::INTERFACE_VERSION
+            );
+            println!("config schema: {}", p.config_schema);
+            if let Some(c) = config {
+                let c = match c.strip_prefix('@') {
+                    Some(f) => {
+                        std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?
+                    }
+                    None => c,
+                };
+                p.validate(&c)?;
+                println!("config: valid");
+            }
+            if !path.exists() {
+                bail!("{} does not exist", path.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The em-harness plugin interface.
+//!
+//! A plugin is a `cdylib` that exports one [`PluginModRef`] with
+//! [`export_plugin!`]. Nothing but `abi_stable` types crosses the boundary:
+//! configs cross as JSON text that the plugin validates, and interventions
+//! return a [`Plan`] of plain data that the host runs natively on its device.
+//! A plugin built against another version of this crate is refused at load.
+
+pub mod config;
+mod plan;
+
+pub use abi_stable;
+pub use plan::{ModelShape, Op, Plan, SiteKind, Step, Where};
+
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RResult, RSliceMut, RStr, RString};
+use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi};
+
+/// The version of this interface; plugins and host must agree on major.minor.
+pub const INTERFACE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a plugin is for.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    /// A model organism over a base model (e.g. LoRA adapters).
+    Model,
+    /// Turns a config into a plan that changes or reads activations.
+    Intervention,
+    /// Scores answers.
+    Judge,
+}
+
+impl PluginKind {
+    /// The lower-case name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Model => "model",
+            PluginKind::Intervention => "intervention",
+            PluginKind::Judge => "judge",
+        }
+    }
+}
+
+/// What a plugin says about itself.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct PluginInfo {
+    pub name: RString,
+    pub version: RString,
+    pub kind: PluginKind,
+    /// One line on what it does.
+    pub description: RString,
+    /// JSON Schema of its config.
+    pub config_schema: RString,
+}
+
+/// The table of functions a plugin exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginMod {
+    /// Name, version, kind and config schema.
+    pub info: extern "C" fn() -> PluginInfo,
+    /// Checks a JSON config; the error says what is wrong with it.
+    pub validate: extern "C" fn(config: RStr<'_>) -> RResult<(), RString>,
+    /// An intervention's plan for a model of the given shape.
+    pub plan: extern "C" fn(config: RStr<'_>, shape: ModelShape) -> RResult<Plan, RString>,
+    /// The code behind an [`Op::Callback`] step: changes `data` (row-major
+    /// `[rows, hidden]` f32, a host copy of the activation) in place.
+    #[sabi(last_prefix_field)]
+    pub callback: extern "C" fn(
+        config: RStr<'_>,
+        step: u32,
+        data: RSliceMut<'_, f32>,
+        rows: u64,
+        hidden: u64,
+    ) -> RResult<(), RString>,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "emh_plugin";
+    const NAME: &'static str = "emh_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// What an intervention plugin implements; [`export_plugin!`] turns it into
+/// the exported function table, with panics turned into errors.
+pub trait Intervention {
+    /// Name, version, description and config schema (kind is set for you).
+    fn info() -> PluginInfo;
+    /// Checks a config.
+    fn validate(config: &str) -> Result<(), String>;
+    /// The plan for a config and a model shape.
+    fn plan(config: &str, shape: ModelShape) -> Result<Plan, String>;
+    /// Runs a callback step; only plugins whose plans hold [`Op::Callback`] need this.
+    fn callback(
+        config: &str,
+        step: u32,
+        data: &mut [f32],
+        rows: usize,
+        hidden: usize,
+    ) -> Result<(), String> {
+        let _ = (config, data, rows, hidden);
+        Err(format!("this plugin has no callback (step {step})"))
+    }
+}
+
+/// Runs `f`, turning a panic into an error that says so.
+pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> RResult<T, RString> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => RResult::ROk(v),
+        Ok(Err(e)) => RResult::RErr(e.into()),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".into());
+            RResult::RErr(format!("plugin panicked in {what}: {msg}").into())
+        }
+    }
+}
+
+/// Exports an [`Intervention`] implementation as this library's plugin.
+#[macro_export]
+macro_rules! export_plugin {
+    ($ty:ty) => {
+        mod __emh_plugin_export {
+            use super::*;
+            use $crate::abi_stable::prefix_type::PrefixTypeTrait;
+            use $crate::abi_stable::std_types::{RResult, RSliceMut, RStr, RString};
+
+            extern "C" fn info() -> $crate::PluginInfo {
+                let mut info = <$ty as $crate::Intervention>::info();
+                info.kind = $crate::PluginKind::Intervention;
+                info
+            }
+            extern "C" fn validate(config: RStr<'_>) -> RResult<(), RString> {
+                $crate::guard("validate", || {
+                    <$ty as $crate::Intervention>::validate(config.as_str())
+                })
+            }
+            extern "C" fn plan(
+                config: RStr<'_>,
+                shape: $crate::ModelShape,
+            ) -> RResult<$crate::Plan, RString> {
+                $crate::guard("plan", || {
+                    <$ty as $crate::Intervention>::plan(config.as_str(), shape)
+                })
+            }
+            extern "C" fn callback(
+                config: RStr<'_>,
+                step: u32,
+                mut data: RSliceMut<'_, f32>,
+                rows: u64,
+                hidden: u64,
+            ) -> RResult<(), RString> {
+                $crate::guard("callback", || {
+                    <$ty as $crate::Intervention>::callback(
+                        config.as_str(),
+                        step,
+                        data.as_mut_slice(),
+                        rows as usize,
+                        hidden as usize,
+                    )
+                })
+            }
+
+            #[$crate::abi_stable::export_root_module]
+            pub fn get_library() -> $crate::PluginModRef {
+                $crate::PluginMod {
+                    info,
+                    validate,
+                    plan,
+                    callback,
+                }
+                .leak_into_prefix()
+            }
+        }
+    };
+}

@@ -1,0 +1,109 @@
+//! Mean-diff ablation: x ← x − v̂v̂ᵀx at every chosen layer, either each
+//! layer with its own direction (layer-wise) or one layer's direction
+//! everywhere (single, e.g. layer 24's).
+
+use emh_plugin_api::abi_stable::std_types::RVec;
+use emh_plugin_api::config::{self, DirectionSource, Directions, Layers, Site, Span};
+use emh_plugin_api::{
+    export_plugin, Intervention, ModelShape, Op, Plan, PluginInfo, PluginKind, Step,
+};
+use serde::Deserialize;
+
+const NAME: &str = "mean-diff-ablation";
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    #[default]
+    Layerwise,
+    Single,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    vector: Option<Vec<f32>>,
+    directions: Option<std::path::PathBuf>,
+    tensor: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    /// The layer whose direction `single` mode applies everywhere.
+    layer: Option<u32>,
+    /// Layers to ablate at (default: all).
+    #[serde(default)]
+    layers: Layers,
+    #[serde(default)]
+    site: Site,
+    #[serde(default, rename = "where")]
+    at: Span,
+}
+
+impl Config {
+    fn check(&self) -> Result<(), String> {
+        match (self.mode, self.layer) {
+            (Mode::Single, None) => {
+                Err("mode `single` needs `layer`, the layer whose direction is used".into())
+            }
+            (Mode::Layerwise, Some(_)) => Err("`layer` only applies to mode `single`".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Ablation;
+
+impl Intervention for Ablation {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::Intervention,
+            description: "project a direction out of the residual stream (layer-wise or one layer's vector everywhere)".into(),
+            config_schema: include_str!("schema.json").into(),
+        }
+    }
+
+    fn validate(config: &str) -> Result<(), String> {
+        let c: Config = config::parse(NAME, config)?;
+        c.check()?;
+        DirectionSource::new(c.vector, c.directions, c.tensor).map(|_| ())
+    }
+
+    fn plan(config: &str, shape: ModelShape) -> Result<Plan, String> {
+        let c: Config = config::parse(NAME, config)?;
+        c.check()?;
+        let dirs = Directions::load(
+            &DirectionSource::new(c.vector, c.directions, c.tensor)?,
+            shape,
+        )?;
+        if let Some(l) = c.layer {
+            Layers::List(vec![l]).resolve(shape)?;
+        }
+        let steps = c
+            .layers
+            .resolve(shape)?
+            .into_iter()
+            .map(|layer| Step {
+                site: c.site.kind(),
+                layer,
+                op: Op::ProjectOut {
+                    vector: RVec::from(dirs.layer(c.layer.unwrap_or(layer)).to_vec()),
+                },
+                at: c.at.to_where(),
+            })
+            .collect();
+        let mode = if c.mode == Mode::Single {
+            "single"
+        } else {
+            "layerwise"
+        };
+        Ok(Plan {
+            steps,
+            notes: serde_json::json!({"mode": mode, "layer": c.layer})
+                .to_string()
+                .into(),
+        })
+    }
+}
+
+export_plugin!(Ablation);
