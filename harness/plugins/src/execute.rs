@@ -268,7 +268,10 @@ mod tests {
         // Exact up to f32 rounding of x + 3v, whose size the outlier dims set.
         let tol = 4.0 * f32::EPSILON as f64 * a.abs().max().double_value(&[]);
         let err = (a - b - v * 3.0).abs().max().double_value(&[]);
-        assert!(err <= tol, "shift differs from 3v by {err} (tolerance {tol})");
+        assert!(
+            err <= tol,
+            "shift differs from 3v by {err} (tolerance {tol})"
+        );
     }
 
     #[test]

@@ -318,7 +318,10 @@ mod tests {
         // Exact up to f32 rounding of x + 4v, whose size the outlier dims set.
         let tol = 4.0 * f32::EPSILON as f64 * a.abs().max().double_value(&[]);
         let err = (a - b - &v * 4.0).abs().max().double_value(&[]);
-        assert!(err <= tol, "shift differs from 4v by {err} (tolerance {tol})");
+        assert!(
+            err <= tol,
+            "shift differs from 4v by {err} (tolerance {tol})"
+        );
     }
 
     #[test]
