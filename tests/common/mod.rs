@@ -6,19 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn data_dir() -> PathBuf {
-    let env = |v: &str| {
-        std::env::var_os(v)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    };
-    env("EMH_HOME").unwrap_or_else(|| {
-        env("XDG_CACHE_HOME")
-            .unwrap_or_else(|| env("HOME").unwrap_or_else(|| ".".into()).join(".cache"))
-            .join("em-harness")
-    })
-}
-
 fn must_exist(p: PathBuf, what: &str) -> PathBuf {
     assert!(
         p.exists(),
@@ -47,7 +34,7 @@ pub fn emh_bin() -> PathBuf {
 pub fn python() -> PathBuf {
     let p = std::env::var_os("EMH_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| data_dir().join("venv/bin/python"));
+        .unwrap_or_else(|| emh_models::data_dir().join("venv/bin/python"));
     must_exist(p, "the project venv's python")
 }
 
@@ -55,7 +42,7 @@ pub fn python() -> PathBuf {
 pub fn default_model() -> PathBuf {
     let p = std::env::var_os("EMH_DEFAULT_MODEL_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| data_dir().join("models/SmolLM2-135M-Instruct"));
+        .unwrap_or_else(|| emh_models::data_dir().join("models/SmolLM2-135M-Instruct"));
     must_exist(p.join("config.json"), "the default model");
     p
 }

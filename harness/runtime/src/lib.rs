@@ -30,20 +30,9 @@ pub(crate) mod test_model {
 
     /// The folder `cargo xtask setup` imports the default model into.
     pub fn dir() -> PathBuf {
-        let env = |v: &str| {
-            std::env::var_os(v)
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        };
-        let dir = env("EMH_DEFAULT_MODEL_DIR").unwrap_or_else(|| {
-            env("EMH_HOME")
-                .unwrap_or_else(|| {
-                    env("XDG_CACHE_HOME")
-                        .unwrap_or_else(|| env("HOME").unwrap_or_default().join(".cache"))
-                        .join("em-harness")
-                })
-                .join("models/SmolLM2-135M-Instruct")
-        });
+        let dir = std::env::var_os("EMH_DEFAULT_MODEL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| emh_models::models_dir().join(emh_models::DEFAULT_MODEL));
         assert!(
             dir.join("config.json").is_file(),
             "default model not found at {}: run the tests with `cargo xtask test`",
