@@ -63,6 +63,15 @@ def cmd_logits(a):
     ids, pos = ours["input_ids"], ours["positions"]
     mask = (pos >= 0).long()
     model = load_model(a.model)
+    if a.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, a.adapter[0], adapter_name="a0")
+        for i, path in enumerate(a.adapter[1:], 1):
+            model.load_adapter(path, adapter_name=f"a{i}")
+        # Several adapters add up, as emh applies them.
+        model.base_model.set_adapter([f"a{i}" for i in range(len(a.adapter))])
+        model.eval()
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=mask, position_ids=pos.clamp(min=0)).logits.float()
     real = mask.bool()
@@ -162,6 +171,23 @@ def cmd_make_tiny(a):
     emit({"dir": a.out, "files": sorted(os.listdir(a.out))})
 
 
+def cmd_make_lora(a):
+    """A PEFT LoRA adapter for a model, with random A and B (PEFT starts B at zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = load_model(a.model)
+    cfg = LoraConfig(r=a.r, lora_alpha=a.alpha, target_modules=a.targets.split(","),
+                     layers_to_transform=[int(x) for x in a.layers.split(",")], use_rslora=a.rslora)
+    peft_model = get_peft_model(model, cfg)
+    torch.manual_seed(a.seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    peft_model.save_pretrained(a.out)
+    emit({"dir": a.out})
+
+
 def cmd_make_gguf(a):
     """A small llama GGUF whose tensors use every supported ggml type, tokenizer from a real GGUF."""
     import gguf
@@ -239,6 +265,11 @@ def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("logits"); s.add_argument("--model", required=True); s.add_argument("--ours", required=True)
+    s.add_argument("--adapter", action="append", default=[])
+    s = sub.add_parser("make-lora"); s.add_argument("--model", required=True); s.add_argument("--out", required=True)
+    s.add_argument("--r", type=int, default=1); s.add_argument("--alpha", type=float, default=8)
+    s.add_argument("--targets", default="down_proj"); s.add_argument("--layers", default="5")
+    s.add_argument("--rslora", action="store_true"); s.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("generate"); s.add_argument("--model", required=True); s.add_argument("--ours", required=True)
     s.add_argument("--max-new-tokens", type=int, default=64)
     s = sub.add_parser("tokenize"); s.add_argument("--model", required=True); s.add_argument("--ours", required=True)

@@ -20,6 +20,7 @@ const PY_PACKAGES: &[&str] = &[
     "transformers==5.23.0",
     "gguf==0.19.0",
     "accelerate==1.15.0",
+    "peft==0.21.2",
     "numpy",
     "safetensors",
 ];

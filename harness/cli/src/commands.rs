@@ -25,6 +25,9 @@ pub struct ModelArgs {
     /// Weight dtype: f32, bf16 or f16. Default: f32 on CPU, the config's dtype on CUDA.
     #[arg(long)]
     dtype: Option<String>,
+    /// A PEFT LoRA adapter folder to apply, unmerged (repeatable: adapters add up).
+    #[arg(long = "adapter", value_name = "DIR")]
+    adapters: Vec<PathBuf>,
 }
 
 struct Loaded {
@@ -60,8 +63,13 @@ impl ModelArgs {
         } else {
             Some(ChatTemplate::from_dir(&found.dir).context("use --raw for a base model")?)
         };
-        let model = Model::load(&found.dir, device, kind)
+        let mut model = Model::load(&found.dir, device, kind)
             .with_context(|| format!("loading {}", found.dir.display()))?;
+        for dir in &self.adapters {
+            model
+                .load_adapter(dir)
+                .with_context(|| format!("loading adapter {}", dir.display()))?;
+        }
         Ok(Loaded {
             model,
             tokenizer,

@@ -7,6 +7,7 @@ mod device;
 mod error;
 mod generate;
 mod hooks;
+mod lora;
 mod model;
 mod sampling;
 mod weights;
@@ -18,6 +19,7 @@ pub use generate::{generate, FinishReason, GenOutput, GenRequest};
 pub use hooks::{
     AddVector, Capture, Hook, HookCtx, HookSet, Phase, ProjectOut, ScaleBy, Site, Span,
 };
+pub use lora::{Adapter, LoraWeights, Module, ScalarRecord};
 pub use model::{Batch, Model};
 pub use sampling::SamplingParams;
 

@@ -6,6 +6,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cache::KvCache;
 use crate::hooks::{HookSet, Phase, Site};
+use crate::lora::{Adapter, Module};
 use crate::weights::WeightFiles;
 use crate::{ModelConfig, RuntimeError};
 
@@ -73,6 +74,8 @@ pub struct Model {
     lm_head: Linear,
     /// RoPE inverse frequencies, f32 on the device.
     inv_freq: Tensor,
+    /// LoRA adapters applied beside the base weights, in order.
+    adapters: Vec<Adapter>,
 }
 
 /// Token ids and positions of a left-padded batch.
@@ -183,7 +186,34 @@ impl Model {
             norm,
             lm_head,
             inv_freq,
+            adapters: Vec::new(),
         })
+    }
+
+    /// Loads a PEFT LoRA adapter folder and applies it from now on.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<&mut Adapter, RuntimeError> {
+        let a = Adapter::load(dir, &self.config, self.device, self.kind)?;
+        self.adapters.push(a);
+        Ok(self.adapters.last_mut().expect("just pushed"))
+    }
+
+    /// The adapters, in the order they were added.
+    pub fn adapters(&self) -> &[Adapter] {
+        &self.adapters
+    }
+
+    /// The adapters, to change their run-time controls.
+    pub fn adapters_mut(&mut self) -> &mut [Adapter] {
+        &mut self.adapters
+    }
+
+    /// Adds every adapter's update at (`layer`, `module`) for input `x` to `out`.
+    fn add_lora(&self, layer: usize, module: Module, x: &Tensor, out: &mut Tensor, phase: Phase) {
+        for a in &self.adapters {
+            if let Some(d) = a.delta(layer, module, x, phase) {
+                *out += d;
+            }
+        }
     }
 
     /// An empty KV cache for `batch` sequences of up to `capacity` tokens.
@@ -327,6 +357,17 @@ impl Model {
             hooks.run(Site::ResidPre(l), &mut x, phase, positions);
             let h = self.rms_norm(&x, &layer.input_norm);
             let qkv = layer.qkv.forward(&h);
+            if !self.adapters.is_empty() {
+                let (qn, kvn) = (nh * hd, nkv * hd);
+                for (module, start, len) in [
+                    (Module::Q, 0, qn),
+                    (Module::K, qn, kvn),
+                    (Module::V, qn + kvn, kvn),
+                ] {
+                    let mut part = qkv.narrow(2, start, len);
+                    self.add_lora(l, module, &h, &mut part, phase);
+                }
+            }
             let q = qkv
                 .narrow(2, 0, nh * hd)
                 .view([b, t, nh, hd])
@@ -347,12 +388,21 @@ impl Model {
             let values = cache.v[l].narrow(2, 0, total);
             let attn = self.attention(&q, &keys, &values, mask.as_ref(), is_causal);
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-            x += layer.o.forward(&attn);
+            let mut o = layer.o.forward(&attn);
+            self.add_lora(l, Module::O, &attn, &mut o, phase);
+            x += o;
             let h = self.rms_norm(&x, &layer.post_norm);
             let gu = layer.gate_up.forward(&h);
             let inter = c.intermediate_size as i64;
+            if !self.adapters.is_empty() {
+                for (module, start) in [(Module::Gate, 0), (Module::Up, inter)] {
+                    let mut part = gu.narrow(2, start, inter);
+                    self.add_lora(l, module, &h, &mut part, phase);
+                }
+            }
             let act = gu.narrow(2, 0, inter).silu() * gu.narrow(2, inter, inter);
             let mut mlp = layer.down.forward(&act);
+            self.add_lora(l, Module::Down, &act, &mut mlp, phase);
             hooks.run(Site::MlpOut(l), &mut mlp, phase, positions);
             x += mlp;
             hooks.run(Site::ResidPost(l), &mut x, phase, positions);

@@ -78,6 +78,25 @@ impl WeightFiles {
         Ok(WeightFiles { maps, index })
     }
 
+    /// Opens one safetensors file.
+    pub fn open_file(path: &Path) -> Result<Self, RuntimeError> {
+        let mmap = map_file(path)?;
+        let st = SafeTensors::deserialize(&mmap)
+            .map_err(|e| file_err(path, format!("corrupt or truncated safetensors: {e}")))?;
+        let index = st.names().into_iter().map(|n| (n.to_string(), 0)).collect();
+        Ok(WeightFiles {
+            maps: vec![(path.to_path_buf(), mmap)],
+            index,
+        })
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.index.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Whether a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)

@@ -1,0 +1,328 @@
+//! LoRA adapters in PEFT format, applied beside the frozen base weights.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::hooks::Phase;
+use crate::weights::WeightFiles;
+use crate::{ModelConfig, RuntimeError};
+
+/// A projection of a decoder layer that an adapter can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Module {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Module {
+    const ALL: [Module; 7] = [
+        Module::Q,
+        Module::K,
+        Module::V,
+        Module::O,
+        Module::Gate,
+        Module::Up,
+        Module::Down,
+    ];
+
+    /// The HF module name, e.g. `down_proj`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Module::Q => "q_proj",
+            Module::K => "k_proj",
+            Module::V => "v_proj",
+            Module::O => "o_proj",
+            Module::Gate => "gate_proj",
+            Module::Up => "up_proj",
+            Module::Down => "down_proj",
+        }
+    }
+
+    fn parent(self) -> &'static str {
+        match self {
+            Module::Gate | Module::Up | Module::Down => "mlp",
+            _ => "self_attn",
+        }
+    }
+
+    /// (out_features, in_features) of this projection in a model.
+    fn shape(self, c: &ModelConfig) -> (usize, usize) {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        match self {
+            Module::Q => (q, h),
+            Module::K | Module::V => (kv, h),
+            Module::O => (h, q),
+            Module::Gate | Module::Up => (i, h),
+            Module::Down => (h, i),
+        }
+    }
+}
+
+/// The A and B matrices of one adapted projection.
+pub struct LoraWeights {
+    pub layer: usize,
+    pub module: Module,
+    /// `[rank, in_features]`.
+    pub a: Tensor,
+    /// `[out_features, rank]`.
+    pub b: Tensor,
+}
+
+/// A·x × scaling of one adapted projection during one forward pass:
+/// `[batch, seq, rank]`, the per-token feature of a rank-1 adapter.
+pub struct ScalarRecord {
+    pub layer: usize,
+    pub module: Module,
+    pub phase: Phase,
+    pub values: Tensor,
+}
+
+/// A LoRA adapter and its run-time controls.
+pub struct Adapter {
+    pub name: String,
+    pub dir: PathBuf,
+    pub rank: usize,
+    pub alpha: f64,
+    pub use_rslora: bool,
+    pub weights: Vec<LoraWeights>,
+    /// Multiplies the adapter's output; 0 gives the base model exactly.
+    pub scale: f64,
+    /// An adapter switched off costs nothing.
+    pub enabled: bool,
+    /// Record A·x × scaling for every token (see [`Adapter::take_scalars`]).
+    pub record_scalars: bool,
+    scalars: Arc<Mutex<Vec<ScalarRecord>>>,
+    config: serde_json::Value,
+}
+
+fn file_err(path: &Path, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::File {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// `base_model.model.model.layers.{l}.{parent}.{module}.lora_{A|B}.weight` → parts.
+fn parse_key(key: &str) -> Option<(usize, Module, char)> {
+    let rest = key.strip_prefix("base_model.model.model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (_, rest) = rest.split_once('.')?;
+    let (module, rest) = rest.split_once('.')?;
+    let which = match rest {
+        "lora_A.weight" => 'A',
+        "lora_B.weight" => 'B',
+        _ => return None,
+    };
+    let module = Module::ALL.into_iter().find(|m| m.name() == module)?;
+    Some((layer.parse().ok()?, module, which))
+}
+
+impl Adapter {
+    /// Loads a PEFT adapter folder (`adapter_config.json`,
+    /// `adapter_model.safetensors`) for a model with config `c`.
+    pub fn load(
+        dir: &Path,
+        c: &ModelConfig,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self, RuntimeError> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text =
+            std::fs::read_to_string(&cfg_path).map_err(|e| file_err(&cfg_path, e.to_string()))?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| file_err(&cfg_path, format!("invalid JSON: {e}")))?;
+        let bad = |reason: String| file_err(&cfg_path, reason);
+        if config["peft_type"].as_str().unwrap_or("LORA") != "LORA" {
+            return Err(bad(format!(
+                "peft_type {} is not LORA",
+                config["peft_type"]
+            )));
+        }
+        let rank = config["r"]
+            .as_u64()
+            .ok_or_else(|| bad("no integer `r`".into()))? as usize;
+        let alpha = config["lora_alpha"]
+            .as_f64()
+            .ok_or_else(|| bad("no number `lora_alpha`".into()))?;
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if config[key].as_object().is_some_and(|o| !o.is_empty()) {
+                return Err(bad(format!("`{key}` (per-module ranks) is not supported")));
+            }
+        }
+        if config["fan_in_fan_out"].as_bool() == Some(true) {
+            return Err(bad("fan_in_fan_out = true is not supported".into()));
+        }
+        if !config["modules_to_save"].is_null() {
+            return Err(bad("modules_to_save is not supported".into()));
+        }
+        let files = WeightFiles::open_file(&dir.join("adapter_model.safetensors"))?;
+        let mut pairs: std::collections::BTreeMap<
+            (usize, &'static str),
+            (Option<Tensor>, Option<Tensor>),
+        > = Default::default();
+        let weights_path = dir.join("adapter_model.safetensors");
+        for key in files.names() {
+            let (layer, module, which) = parse_key(&key).ok_or_else(|| RuntimeError::Weight {
+                path: weights_path.clone(),
+                tensor: key.clone(),
+                reason: "not a LoRA A/B weight of a decoder-layer projection".into(),
+            })?;
+            if layer >= c.num_layers {
+                return Err(RuntimeError::Weight {
+                    path: weights_path.clone(),
+                    tensor: key,
+                    reason: format!("layer {layer}, but the model has {}", c.num_layers),
+                });
+            }
+            let (out, inp) = module.shape(c);
+            let shape = if which == 'A' {
+                [rank, inp]
+            } else {
+                [out, rank]
+            };
+            let t = files.load(&key, &shape, kind, device)?;
+            let entry = pairs.entry((layer, module.name())).or_default();
+            if which == 'A' {
+                entry.0 = Some(t);
+            } else {
+                entry.1 = Some(t);
+            }
+        }
+        let mut weights = Vec::new();
+        for ((layer, name), (a, b)) in pairs {
+            let module = Module::ALL
+                .into_iter()
+                .find(|m| m.name() == name)
+                .expect("parsed");
+            match (a, b) {
+                (Some(a), Some(b)) => weights.push(LoraWeights {
+                    layer,
+                    module,
+                    a,
+                    b,
+                }),
+                _ => {
+                    return Err(RuntimeError::Weight {
+                        path: weights_path.clone(),
+                        tensor: format!("layers.{layer}.{name}"),
+                        reason: "has only one of lora_A and lora_B".into(),
+                    })
+                }
+            }
+        }
+        if weights.is_empty() {
+            return Err(file_err(&weights_path, "holds no LoRA weights"));
+        }
+        Ok(Adapter {
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "adapter".into()),
+            dir: dir.to_path_buf(),
+            rank,
+            alpha,
+            use_rslora: config["use_rslora"].as_bool().unwrap_or(false),
+            weights,
+            scale: 1.0,
+            enabled: true,
+            record_scalars: false,
+            scalars: Default::default(),
+            config,
+        })
+    }
+
+    /// PEFT's scaling: alpha / r, or alpha / √r with rsLoRA.
+    pub fn scaling(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+
+    /// Removes the component along `direction` from every B whose output is
+    /// the residual stream (o_proj, down_proj): B ← B − v̂ v̂ᵀ B.
+    pub fn project_out_of_b(&mut self, direction: &Tensor) {
+        let v = direction.to_kind(Kind::Float);
+        let unit = (&v / v.norm()).view([-1, 1]);
+        for w in &mut self.weights {
+            if matches!(w.module, Module::O | Module::Down) {
+                let b = w.b.to_kind(Kind::Float);
+                let unit = unit.to_device(b.device());
+                let projected = &b - unit.matmul(&unit.transpose(0, 1).matmul(&b));
+                w.b = projected.to_kind(w.b.kind());
+            }
+        }
+    }
+
+    /// Takes the A·x records made since the last call.
+    pub fn take_scalars(&self) -> Vec<ScalarRecord> {
+        std::mem::take(&mut *self.scalars.lock().expect("scalar store poisoned"))
+    }
+
+    /// The summed update of this adapter at (`layer`, `module`) for input `x`, if it adapts it.
+    pub(crate) fn delta(
+        &self,
+        layer: usize,
+        module: Module,
+        x: &Tensor,
+        phase: Phase,
+    ) -> Option<Tensor> {
+        if !self.enabled {
+            return None;
+        }
+        let w = self
+            .weights
+            .iter()
+            .find(|w| w.layer == layer && w.module == module)?;
+        let ax = x.matmul(&w.a.tr()) * self.scaling();
+        if self.record_scalars {
+            self.scalars
+                .lock()
+                .expect("scalar store poisoned")
+                .push(ScalarRecord {
+                    layer,
+                    module,
+                    phase,
+                    values: ax.to_kind(Kind::Float),
+                });
+        }
+        Some(ax.matmul(&w.b.tr()) * self.scale)
+    }
+
+    /// Writes the adapter (with its current B matrices) in PEFT format.
+    pub fn save(&self, dir: &Path) -> Result<(), RuntimeError> {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e.to_string()))?;
+        let mut tensors = Vec::new();
+        for w in &self.weights {
+            let p = format!(
+                "base_model.model.model.layers.{}.{}.{}",
+                w.layer,
+                w.module.parent(),
+                w.module.name()
+            );
+            tensors.push((
+                format!("{p}.lora_A.weight"),
+                w.a.to_device(Device::Cpu).contiguous(),
+            ));
+            tensors.push((
+                format!("{p}.lora_B.weight"),
+                w.b.to_device(Device::Cpu).contiguous(),
+            ));
+        }
+        let path = dir.join("adapter_model.safetensors");
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Tensor::write_safetensors(&named, &path).map_err(|e| file_err(&path, e.to_string()))?;
+        let cfg = dir.join("adapter_config.json");
+        let text = serde_json::to_string_pretty(&self.config).expect("JSON values serialize");
+        std::fs::write(&cfg, text + "\n").map_err(|e| file_err(&cfg, e.to_string()))
+    }
+}
