@@ -68,7 +68,10 @@ fn logits_diff(dir: &Path, adapters: &[&Path]) -> f64 {
     // The adapters must matter, or matching peft would prove nothing.
     let base = reference(&["logits", "--model", s(&model), "--ours", s(&out)]);
     let effect = base["max_abs_diff"].as_f64().unwrap();
-    assert!(effect > 0.05, "the adapters barely change the logits ({effect})");
+    assert!(
+        effect > 0.05,
+        "the adapters barely change the logits ({effect})"
+    );
     r["max_abs_diff"].as_f64().unwrap()
 }
 

@@ -10,7 +10,7 @@ use crate::weights::WeightFiles;
 use crate::{ModelConfig, RuntimeError};
 
 /// A projection of a decoder layer that an adapter can target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Module {
     Q,
     K,
@@ -164,10 +164,9 @@ impl Adapter {
             return Err(bad("modules_to_save is not supported".into()));
         }
         let files = WeightFiles::open_file(&dir.join("adapter_model.safetensors"))?;
-        let mut pairs: std::collections::BTreeMap<
-            (usize, &'static str),
-            (Option<Tensor>, Option<Tensor>),
-        > = Default::default();
+        // (layer, module) → (A, B), filled as the keys come.
+        let mut pairs: std::collections::BTreeMap<(usize, Module), [Option<Tensor>; 2]> =
+            Default::default();
         let weights_path = dir.join("adapter_model.safetensors");
         for key in files.names() {
             let (layer, module, which) = parse_key(&key).ok_or_else(|| RuntimeError::Weight {
@@ -189,19 +188,10 @@ impl Adapter {
                 [out, rank]
             };
             let t = files.load(&key, &shape, kind, device)?;
-            let entry = pairs.entry((layer, module.name())).or_default();
-            if which == 'A' {
-                entry.0 = Some(t);
-            } else {
-                entry.1 = Some(t);
-            }
+            pairs.entry((layer, module)).or_default()[usize::from(which == 'B')] = Some(t);
         }
         let mut weights = Vec::new();
-        for ((layer, name), (a, b)) in pairs {
-            let module = Module::ALL
-                .into_iter()
-                .find(|m| m.name() == name)
-                .expect("parsed");
+        for ((layer, module), [a, b]) in pairs {
             match (a, b) {
                 (Some(a), Some(b)) => weights.push(LoraWeights {
                     layer,
@@ -212,7 +202,7 @@ impl Adapter {
                 _ => {
                     return Err(RuntimeError::Weight {
                         path: weights_path.clone(),
-                        tensor: format!("layers.{layer}.{name}"),
+                        tensor: format!("layers.{layer}.{}", module.name()),
                         reason: "has only one of lora_A and lora_B".into(),
                     })
                 }
@@ -324,5 +314,125 @@ impl Adapter {
         let cfg = dir.join("adapter_config.json");
         let text = serde_json::to_string_pretty(&self.config).expect("JSON values serialize");
         std::fs::write(&cfg, text + "\n").map_err(|e| file_err(&cfg, e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::HookSet;
+    use crate::test_model;
+
+    /// A rank-1 rsLoRA adapter on down_proj of layers 4 and 9, random weights.
+    fn write_adapter(dir: &Path, c: &ModelConfig) {
+        std::fs::create_dir_all(dir).unwrap();
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let mut tensors = Vec::new();
+        for l in [4, 9] {
+            let p = format!("base_model.model.model.layers.{l}.mlp.down_proj");
+            tensors.push((
+                format!("{p}.lora_A.weight"),
+                Tensor::randn([1, c.intermediate_size as i64], opts) * 0.05,
+            ));
+            tensors.push((
+                format!("{p}.lora_B.weight"),
+                Tensor::randn([c.hidden_size as i64, 1], opts) * 0.05,
+            ));
+        }
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Tensor::write_safetensors(&named, dir.join("adapter_model.safetensors")).unwrap();
+        let cfg = serde_json::json!({"peft_type": "LORA", "r": 1, "lora_alpha": 16, "use_rslora": true,
+            "target_modules": ["down_proj"], "layers_to_transform": [4, 9]});
+        std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
+    }
+
+    fn prompts(tok: &emh_text::Tokenizer) -> Vec<Vec<u32>> {
+        vec![tok
+            .encode("Should I take more of my medication?", false)
+            .unwrap()]
+    }
+
+    #[test]
+    fn scale_zero_and_switching_off_give_the_base_logits_exactly() {
+        let (mut model, tok) = test_model::load();
+        let tmp = tempfile::tempdir().unwrap();
+        write_adapter(tmp.path(), &model.config);
+        let (base, _) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut HookSet::new())
+            .unwrap();
+        model.load_adapter(tmp.path()).unwrap();
+        let (adapted, _) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut HookSet::new())
+            .unwrap();
+        assert!(!adapted.equal(&base), "the adapter changes nothing");
+        model.adapters_mut()[0].scale = 0.0;
+        let (zero, _) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut HookSet::new())
+            .unwrap();
+        assert!(zero.equal(&base), "scale 0 differs from the base model");
+        model.adapters_mut()[0].scale = 1.0;
+        model.adapters_mut()[0].enabled = false;
+        let (off, _) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut HookSet::new())
+            .unwrap();
+        assert!(
+            off.equal(&base),
+            "a disabled adapter differs from the base model"
+        );
+    }
+
+    #[test]
+    fn saved_adapters_load_back_identical() {
+        let (mut model, tok) = test_model::load();
+        let tmp = tempfile::tempdir().unwrap();
+        write_adapter(&tmp.path().join("a"), &model.config);
+        model.load_adapter(&tmp.path().join("a")).unwrap();
+        let (first, _) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut HookSet::new())
+            .unwrap();
+        model.adapters()[0].save(&tmp.path().join("b")).unwrap();
+        model.adapters_mut()[0].enabled = false;
+        model.load_adapter(&tmp.path().join("b")).unwrap();
+        let (second, _) = model
+            .logits(&prompts(&tok), tok.pad_id, &mut HookSet::new())
+            .unwrap();
+        assert!(first.equal(&second));
+    }
+
+    #[test]
+    fn projecting_a_direction_out_of_b_leaves_b_orthogonal() {
+        let (mut model, _) = test_model::load();
+        let tmp = tempfile::tempdir().unwrap();
+        write_adapter(tmp.path(), &model.config);
+        let a = model.load_adapter(tmp.path()).unwrap();
+        let hidden = a.weights[0].b.size()[0];
+        let v = Tensor::randn([hidden], (Kind::Float, Device::Cpu));
+        a.project_out_of_b(&v);
+        for w in &a.weights {
+            let cos = (w.b.view([-1]).dot(&v) / (w.b.norm() * v.norm())).double_value(&[]);
+            assert!(cos.abs() < 1e-6, "layer {}: cos {cos}", w.layer);
+        }
+    }
+
+    #[test]
+    fn rank_1_scalars_are_recorded_per_token_and_adapter() {
+        let (mut model, tok) = test_model::load();
+        let tmp = tempfile::tempdir().unwrap();
+        write_adapter(tmp.path(), &model.config);
+        model.load_adapter(tmp.path()).unwrap().record_scalars = true;
+        let p = prompts(&tok);
+        let _logits = model.logits(&p, tok.pad_id, &mut HookSet::new()).unwrap();
+        let records = model.adapters()[0].take_scalars();
+        let layers: Vec<usize> = records.iter().map(|r| r.layer).collect();
+        assert_eq!(layers, vec![4, 9]);
+        for r in &records {
+            assert_eq!(r.module, Module::Down);
+            assert_eq!(r.values.size(), vec![1, p[0].len() as i64, 1]);
+        }
+        assert!(
+            model.adapters()[0].take_scalars().is_empty(),
+            "take empties the store"
+        );
     }
 }
