@@ -141,3 +141,74 @@ fn an_adapter_for_another_model_names_the_tensor() {
         "{err}"
     );
 }
+
+/// Logits of `emh logits` with extra arguments, as a flat list of f32 bytes.
+fn emh_logits(dir: &Path, extra: &[&str]) -> Vec<u8> {
+    let prompts = dir.join("p.jsonl");
+    write_jsonl(
+        &prompts,
+        &[json!({"prompt": "Is it safe to mix bleach and ammonia?"})],
+    );
+    let out = dir.join("l.safetensors");
+    let model = default_model();
+    let mut args = vec![
+        "logits",
+        "--model",
+        s(&model),
+        "--device",
+        "cpu",
+        "--prompts",
+        s(&prompts),
+        "--out",
+        s(&out),
+    ];
+    args.extend_from_slice(extra);
+    emh_ok(&args);
+    std::fs::read(&out).unwrap()
+}
+
+#[test]
+fn adapter_scaling_plugin_switches_chosen_layers_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("organism");
+    make_lora(&a, 1, 8.0, "down_proj", "15,16,17,21,22,23", true, 6);
+    let base = emh_logits(tmp.path(), &[]);
+    let adapted = emh_logits(tmp.path(), &["--adapter", s(&a)]);
+    assert_ne!(base, adapted);
+    let all_off = emh_logits(
+        tmp.path(),
+        &[
+            "--adapter",
+            s(&a),
+            "--intervention",
+            "adapter-scaling={\"rules\": [{\"factor\": 0}]}",
+        ],
+    );
+    assert_eq!(
+        base, all_off,
+        "factor 0 on every adapter must give the base model exactly"
+    );
+    let half_off = emh_logits(
+        tmp.path(),
+        &["--adapter", s(&a), "--intervention", "adapter-scaling={\"rules\": [{\"adapter\": \"organism\", \"layers\": [15, 16, 17], \"factor\": 0}]}"],
+    );
+    assert_ne!(half_off, base);
+    assert_ne!(half_off, adapted);
+    let model = default_model();
+    let out = emh(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+        "--adapter",
+        s(&a),
+        "--intervention",
+        "adapter-scaling={\"rules\": [{\"layers\": [3], \"factor\": 2}]}",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("layer 3 is not adapted"), "{err}");
+}

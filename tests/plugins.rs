@@ -65,7 +65,7 @@ fn stdout(out: &std::process::Output) -> String {
 #[test]
 fn built_in_plugins_are_listed_with_kind_version_and_origin() {
     let out = stdout(&emh_ok(&["plugins", "list"]));
-    for name in ["steering", "mean-diff-ablation", "random-control"] {
+    for name in ["steering", "mean-diff-ablation", "random-control", "adapter-scaling"] {
         let line = out
             .lines()
             .find(|l| l.starts_with(name))

@@ -191,7 +191,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         bail!("-n and --batch-size must be at least 1");
     }
     let lines = a.prompts.lines()?;
-    let loaded = a.model.load(a.prompts.raw)?;
+    let mut loaded = a.model.load(a.prompts.raw)?;
+    let mut hooks = HookSet::new();
+    let applied = a.interventions.apply(&mut loaded.model, &mut hooks)?;
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),
@@ -207,8 +209,6 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
     };
     params.validate()?;
-    let mut hooks = HookSet::new();
-    let applied = a.interventions.apply(&loaded.model, &mut hooks)?;
     let interventions: Vec<_> = applied
         .iter()
         .map(|i| json!({"plugin": i.plugin, "version": i.version, "config": i.config, "notes": i.notes}))
@@ -293,12 +293,16 @@ pub struct LogitsArgs {
     /// `input_ids` and `positions` [batch, seq] (padding has position -1).
     #[arg(long, short)]
     out: PathBuf,
+    #[command(flatten)]
+    interventions: crate::plugins::InterventionArgs,
 }
 
 /// `emh logits`.
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let lines = a.prompts.lines()?;
-    let loaded = a.model.load(a.prompts.raw)?;
+    let mut loaded = a.model.load(a.prompts.raw)?;
+    let mut hooks = HookSet::new();
+    a.interventions.apply(&mut loaded.model, &mut hooks)?;
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),
@@ -308,10 +312,9 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
         .iter()
         .map(|l| renderer.encode(l).map(|(_, ids)| ids))
         .collect::<Result<Vec<_>>>()?;
-    let (logits, batch) =
-        loaded
-            .model
-            .logits(&prompts, loaded.tokenizer.pad_id, &mut HookSet::new())?;
+    let (logits, batch) = loaded
+        .model
+        .logits(&prompts, loaded.tokenizer.pad_id, &mut hooks)?;
     let tensors = [
         ("logits", logits.to_device(tch::Device::Cpu)),
         ("input_ids", batch.ids.to_device(tch::Device::Cpu)),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use emh_plugin_api::ModelShape;
-use emh_plugins::{apply_plan, load, Origin, Registry};
+use emh_plugins::{apply_adapter_controls, apply_plan, load, Origin, Registry};
 use emh_runtime::{HookSet, Model};
 
 /// Where to look for plugins besides `EMH_PLUGIN_PATH` and the built-in folder.
@@ -47,8 +47,9 @@ pub struct Applied {
 }
 
 impl InterventionArgs {
-    /// Adds the hooks of every requested intervention for `model` to `hooks`.
-    pub fn apply(&self, model: &Model, hooks: &mut HookSet) -> Result<Vec<Applied>> {
+    /// Adds the hooks of every requested intervention for `model` to `hooks`,
+    /// and applies their adapter controls to the model's adapters.
+    pub fn apply(&self, model: &mut Model, hooks: &mut HookSet) -> Result<Vec<Applied>> {
         if self.interventions.is_empty() {
             return Ok(Vec::new());
         }
@@ -70,6 +71,7 @@ impl InterventionArgs {
             let plugin = registry.get(name)?;
             let plan = plugin.plan(&config, shape)?;
             apply_plan(&plan, plugin, &config, shape, hooks)?;
+            apply_adapter_controls(&plan, plugin, model)?;
             applied.push(Applied {
                 plugin: plugin.name.clone(),
                 version: plugin.version.clone(),

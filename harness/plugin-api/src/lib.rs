@@ -10,7 +10,7 @@ pub mod config;
 mod plan;
 
 pub use abi_stable;
-pub use plan::{ModelShape, Op, Plan, SiteKind, Step, Where};
+pub use plan::{AdapterControl, ModelShape, Op, Plan, SiteKind, Step, Where};
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;

@@ -67,11 +67,24 @@ pub struct Step {
     pub at: Where,
 }
 
-/// An intervention's plan: its steps, and JSON notes for the run's manifest
-/// (for example the seed a random control was drawn from).
+/// Multiplies the output of a model organism's LoRA adapters.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct AdapterControl {
+    /// The adapter's name (its folder name); empty for every adapter.
+    pub adapter: RString,
+    /// Adapted layers to scale; empty for all of them.
+    pub layers: RVec<u32>,
+    /// 0 switches those adapters off, 1 leaves them as trained.
+    pub factor: f64,
+}
+
+/// An intervention's plan: activation steps, adapter controls, and JSON notes
+/// for the run's record (for example the seed a random control was drawn from).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     pub steps: RVec<Step>,
+    pub adapters: RVec<AdapterControl>,
     pub notes: RString,
 }

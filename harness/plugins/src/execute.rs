@@ -1,9 +1,12 @@
-//! Plans → runtime hooks, so interventions run natively on the model's device.
+//! Plans → runtime hooks and adapter controls, so interventions run natively
+//! on the model's device.
 
 use std::collections::BTreeMap;
 
 use emh_plugin_api::{ModelShape, Op, Plan, PluginModRef, SiteKind, Where};
-use emh_runtime::{AddVector, Capture, Hook, HookCtx, HookSet, ProjectOut, ScaleBy, Site, Span};
+use emh_runtime::{
+    AddVector, Capture, Hook, HookCtx, HookSet, Model, ProjectOut, ScaleBy, Site, Span,
+};
 use tch::{Device, Kind, Tensor};
 
 use crate::{Plugin, PluginError};
@@ -138,6 +141,50 @@ pub fn apply_plan(
         }
     }
     Ok(captures)
+}
+
+/// Applies a plan's adapter controls to the model's LoRA adapters.
+pub fn apply_adapter_controls(
+    plan: &Plan,
+    plugin: &Plugin,
+    model: &mut Model,
+) -> Result<(), PluginError> {
+    let err = |reason: String| PluginError::Call {
+        plugin: plugin.name.clone(),
+        reason,
+    };
+    for c in plan.adapters.iter() {
+        let loaded: Vec<String> = model.adapters().iter().map(|a| a.name.clone()).collect();
+        let mut matched = model
+            .adapters_mut()
+            .iter_mut()
+            .filter(|a| c.adapter.is_empty() || a.name == c.adapter.as_str())
+            .peekable();
+        if matched.peek().is_none() {
+            return Err(err(format!(
+                "no loaded adapter named `{}` (loaded: {})",
+                c.adapter,
+                if loaded.is_empty() {
+                    "none".to_string()
+                } else {
+                    loaded.join(", ")
+                }
+            )));
+        }
+        let mut scaled_layers = Vec::new();
+        for a in matched {
+            for w in &mut a.weights {
+                if c.layers.is_empty() || c.layers.contains(&(w.layer as u32)) {
+                    w.scale *= c.factor;
+                    scaled_layers.push(w.layer as u32);
+                }
+            }
+        }
+        if let Some(l) = c.layers.iter().find(|l| !scaled_layers.contains(l)) {
+            return Err(err(format!("layer {l} is not adapted by `{}`", c.adapter)));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 mod execute;
 
-pub use execute::{apply_plan, CaptureSet};
+pub use execute::{apply_adapter_controls, apply_plan, CaptureSet};
 
 use std::path::{Path, PathBuf};
 

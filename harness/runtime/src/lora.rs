@@ -74,6 +74,8 @@ pub struct LoraWeights {
     pub a: Tensor,
     /// `[out_features, rank]`.
     pub b: Tensor,
+    /// Multiplies this projection's update, on top of the adapter's `scale`.
+    pub scale: f64,
 }
 
 /// A·x × scaling of one adapted projection during one forward pass:
@@ -198,6 +200,7 @@ impl Adapter {
                     module,
                     a,
                     b,
+                    scale: 1.0,
                 }),
                 _ => {
                     return Err(RuntimeError::Weight {
@@ -285,7 +288,7 @@ impl Adapter {
                     values: ax.to_kind(Kind::Float),
                 });
         }
-        Some(ax.matmul(&w.b.tr()) * self.scale)
+        Some(ax.matmul(&w.b.tr()) * (self.scale * w.scale))
     }
 
     /// Writes the adapter (with its current B matrices) in PEFT format.

@@ -99,6 +99,7 @@ impl Intervention for Ablation {
         };
         Ok(Plan {
             steps,
+            adapters: Default::default(),
             notes: serde_json::json!({"mode": mode, "layer": c.layer})
                 .to_string()
                 .into(),

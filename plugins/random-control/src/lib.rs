@@ -143,6 +143,7 @@ impl Intervention for RandomControl {
         }
         Ok(Plan {
             steps: steps.into(),
+            adapters: Default::default(),
             notes:
                 serde_json::json!({"seed": c.seed, "rng": "splitmix64+box-muller", "norms": norms})
                     .to_string()

@@ -72,6 +72,7 @@ impl Intervention for Steering {
             .collect();
         Ok(Plan {
             steps,
+            adapters: Default::default(),
             notes: serde_json::json!({"scale": c.scale}).to_string().into(),
         })
     }

@@ -56,6 +56,7 @@ impl Intervention for TemplateScale {
             .collect();
         Ok(Plan {
             steps,
+            adapters: Default::default(),
             notes: Default::default(),
         })
     }
