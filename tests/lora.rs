@@ -212,3 +212,48 @@ fn adapter_scaling_plugin_switches_chosen_layers_off() {
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("layer 3 is not adapted"), "{err}");
 }
+
+#[test]
+fn a_lora_organism_plugin_loads_its_adapters_like_adapter_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("medical");
+    make_lora(&a, 1, 8.0, "down_proj", "10,20", true, 7);
+    let base = emh_logits(tmp.path(), &[]);
+    let flagged = emh_logits(tmp.path(), &["--adapter", s(&a)]);
+    // No --model: the base comes from the adapter's base_model_name_or_path.
+    let organism = format!("lora-organism={{\"adapters\": [{:?}]}}", s(&a));
+    let prompts = tmp.path().join("p.jsonl");
+    let out = tmp.path().join("o.safetensors");
+    emh_ok(&[
+        "logits",
+        "--device",
+        "cpu",
+        "--prompts",
+        s(&prompts),
+        "--out",
+        s(&out),
+        "--organism",
+        &organism,
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), flagged);
+    let off = format!(
+        "lora-organism={{\"adapters\": [{{\"path\": {:?}, \"scale\": 0}}]}}",
+        s(&a)
+    );
+    assert_eq!(emh_logits(tmp.path(), &["--organism", &off]), base);
+    let bad = emh(&[
+        "logits",
+        "--prompts",
+        s(&prompts),
+        "--out",
+        s(&out),
+        "--organism",
+        "lora-organism={\"adapters\": [\"/no/such/adapter\"]}",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        err.contains("/no/such/adapter/adapter_config.json"),
+        "{err}"
+    );
+}

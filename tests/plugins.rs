@@ -65,7 +65,12 @@ fn stdout(out: &std::process::Output) -> String {
 #[test]
 fn built_in_plugins_are_listed_with_kind_version_and_origin() {
     let out = stdout(&emh_ok(&["plugins", "list"]));
-    for name in ["steering", "mean-diff-ablation", "random-control", "adapter-scaling"] {
+    for name in [
+        "steering",
+        "mean-diff-ablation",
+        "random-control",
+        "adapter-scaling",
+    ] {
         let line = out
             .lines()
             .find(|l| l.starts_with(name))
@@ -226,7 +231,7 @@ fn several_interventions_run_side_by_side_and_are_recorded() {
         "--intervention", &format!("mean-diff-ablation={{\"vector\": {vector}}}"),
     ]));
     let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let names: Vec<&str> = line["interventions"]
+    let names: Vec<&str> = line["plugins"]
         .as_array()
         .unwrap()
         .iter()
@@ -234,7 +239,7 @@ fn several_interventions_run_side_by_side_and_are_recorded() {
         .collect();
     assert_eq!(names, ["steering", "random-control", "mean-diff-ablation"]);
     let notes: serde_json::Value =
-        serde_json::from_str(line["interventions"][1]["notes"].as_str().unwrap()).unwrap();
+        serde_json::from_str(line["plugins"][1]["notes"].as_str().unwrap()).unwrap();
     assert_eq!(notes["seed"], 9);
 }
 

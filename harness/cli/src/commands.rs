@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use emh_plugin_api::Organism;
 use emh_runtime::{generate as run_generate, GenRequest, HookSet, Model, SamplingParams};
 use emh_text::{ChatTemplate, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,9 +17,10 @@ use crate::prompts::{read_file, PromptLine, PromptRenderer};
 /// Which model to load and where.
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Model folder, name under the data directory, or HF repo id in the hub cache.
-    #[arg(long, short, default_value = emh_models::DEFAULT_MODEL)]
-    model: String,
+    /// Model folder, name under the data directory, or HF repo id in the hub
+    /// cache [default: an --organism's base, else SmolLM2-135M-Instruct].
+    #[arg(long, short)]
+    model: Option<String>,
     /// cpu, cuda, cuda:N, or auto (CUDA when available).
     #[arg(long, default_value = "auto")]
     device: String,
@@ -37,8 +39,16 @@ struct Loaded {
 }
 
 impl ModelArgs {
-    fn load(&self, raw: bool) -> Result<Loaded> {
-        let found = emh_models::resolve(&self.model)?;
+    /// Loads the model (an organism's base unless --model names one), then the
+    /// organism's adapters and those of --adapter.
+    fn load(&self, raw: bool, organism: Option<&Organism>) -> Result<Loaded> {
+        let base = organism.map(|o| o.base.as_str()).filter(|b| !b.is_empty());
+        let name = self
+            .model
+            .as_deref()
+            .or(base)
+            .unwrap_or(emh_models::DEFAULT_MODEL);
+        let found = emh_models::resolve(name)?;
         let device = emh_runtime::parse_device(&self.device)?;
         if device.is_cuda() && !tch::Cuda::is_available() {
             bail!(
@@ -65,6 +75,14 @@ impl ModelArgs {
         };
         let mut model = Model::load(&found.dir, device, kind)
             .with_context(|| format!("loading {}", found.dir.display()))?;
+        let organism_adapters = organism.into_iter().flat_map(|o| o.adapters.iter());
+        for spec in organism_adapters {
+            let dir = Path::new(spec.path.as_str());
+            model
+                .load_adapter(dir)
+                .with_context(|| format!("loading organism adapter {}", dir.display()))?
+                .scale = spec.scale;
+        }
         for dir in &self.adapters {
             model
                 .load_adapter(dir)
@@ -151,7 +169,7 @@ pub struct GenerateArgs {
     #[arg(long, short)]
     out: Option<PathBuf>,
     #[command(flatten)]
-    interventions: crate::plugins::InterventionArgs,
+    plugins: crate::plugins::PluginUseArgs,
 }
 
 /// Seed of sample `j` of prompt `i`: SplitMix64 over the triple, so seeds of
@@ -191,9 +209,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         bail!("-n and --batch-size must be at least 1");
     }
     let lines = a.prompts.lines()?;
-    let mut loaded = a.model.load(a.prompts.raw)?;
+    let registry = a.plugins.registry();
+    let organism = a.plugins.organism(&registry)?;
+    let mut loaded = a
+        .model
+        .load(a.prompts.raw, organism.as_ref().map(|o| &o.0))?;
     let mut hooks = HookSet::new();
-    let applied = a.interventions.apply(&mut loaded.model, &mut hooks)?;
+    let mut applied = a.plugins.apply(&registry, &mut loaded.model, &mut hooks)?;
+    applied.extend(organism.map(|o| o.1));
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),
@@ -209,7 +232,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
     };
     params.validate()?;
-    let interventions: Vec<_> = applied
+    let plugins: Vec<_> = applied
         .iter()
         .map(|i| json!({"plugin": i.plugin, "version": i.version, "config": i.config, "notes": i.notes}))
         .collect();
@@ -261,7 +284,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
                     "n_new_tokens": o.tokens.len(),
                     "tokens": o.tokens,
                     "finish_reason": o.finish,
-                    "interventions": interventions,
+                    "plugins": plugins,
                 }),
             ));
         }
@@ -294,15 +317,19 @@ pub struct LogitsArgs {
     #[arg(long, short)]
     out: PathBuf,
     #[command(flatten)]
-    interventions: crate::plugins::InterventionArgs,
+    plugins: crate::plugins::PluginUseArgs,
 }
 
 /// `emh logits`.
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let lines = a.prompts.lines()?;
-    let mut loaded = a.model.load(a.prompts.raw)?;
+    let registry = a.plugins.registry();
+    let organism = a.plugins.organism(&registry)?;
+    let mut loaded = a
+        .model
+        .load(a.prompts.raw, organism.as_ref().map(|o| &o.0))?;
     let mut hooks = HookSet::new();
-    a.interventions.apply(&mut loaded.model, &mut hooks)?;
+    a.plugins.apply(&registry, &mut loaded.model, &mut hooks)?;
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),

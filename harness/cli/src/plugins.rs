@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use emh_plugin_api::ModelShape;
+use emh_plugin_api::{ModelShape, Organism};
 use emh_plugins::{apply_adapter_controls, apply_plan, load, Origin, Registry};
 use emh_runtime::{HookSet, Model};
 
@@ -26,9 +26,14 @@ impl PluginArgs {
     }
 }
 
-/// Interventions requested on the command line.
+/// Plugins used on the command line: an organism and interventions.
 #[derive(Args, Clone, Default)]
-pub struct InterventionArgs {
+pub struct PluginUseArgs {
+    /// NAME=CONFIG: load the model as model-plugin NAME's organism (a base
+    /// model and adapters), config inline or @file.json. Example:
+    /// --organism 'lora-organism={"adapters": ["./medical-r1"]}'
+    #[arg(long, value_name = "NAME=CONFIG")]
+    organism: Option<String>,
     /// NAME=CONFIG: run intervention plugin NAME with a JSON config, given
     /// inline or as @file.json (repeatable; applied in order). Example:
     /// --intervention 'steering={"directions": "dirs.safetensors", "layers": [12], "scale": 8}'
@@ -38,7 +43,7 @@ pub struct InterventionArgs {
     plugins: PluginArgs,
 }
 
-/// An intervention as applied: which plugin, its config and its plan's notes.
+/// A plugin as used: which plugin, its config and its notes.
 pub struct Applied {
     pub plugin: String,
     pub version: String,
@@ -46,28 +51,57 @@ pub struct Applied {
     pub notes: String,
 }
 
-impl InterventionArgs {
+/// Splits NAME=CONFIG, reading CONFIG from a file when it starts with @.
+fn name_and_config<'a>(spec: &'a str, option: &str) -> Result<(&'a str, String)> {
+    let (name, config) = spec
+        .split_once('=')
+        .with_context(|| format!("--{option} `{spec}`: expected NAME=CONFIG"))?;
+    let config = match config.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("--{option} {name}: reading {file}"))?,
+        None => config.to_string(),
+    };
+    Ok((name, config))
+}
+
+impl PluginUseArgs {
+    /// The plugins these arguments, the environment and the built-in folder name.
+    pub fn registry(&self) -> Registry {
+        self.plugins.registry()
+    }
+
+    /// The organism of --organism, if given.
+    pub fn organism(&self, registry: &Registry) -> Result<Option<(Organism, Applied)>> {
+        let Some(spec) = &self.organism else {
+            return Ok(None);
+        };
+        let (name, config) = name_and_config(spec, "organism")?;
+        let plugin = registry.get(name)?;
+        let organism = plugin.organism(&config)?;
+        let applied = Applied {
+            plugin: plugin.name.clone(),
+            version: plugin.version.clone(),
+            config,
+            notes: organism.notes.to_string(),
+        };
+        Ok(Some((organism, applied)))
+    }
+
     /// Adds the hooks of every requested intervention for `model` to `hooks`,
     /// and applies their adapter controls to the model's adapters.
-    pub fn apply(&self, model: &mut Model, hooks: &mut HookSet) -> Result<Vec<Applied>> {
-        if self.interventions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let registry = self.plugins.registry();
+    pub fn apply(
+        &self,
+        registry: &Registry,
+        model: &mut Model,
+        hooks: &mut HookSet,
+    ) -> Result<Vec<Applied>> {
         let shape = ModelShape {
             num_layers: model.config.num_layers as u32,
             hidden_size: model.config.hidden_size as u32,
         };
         let mut applied = Vec::new();
         for spec in &self.interventions {
-            let (name, config) = spec
-                .split_once('=')
-                .with_context(|| format!("--intervention `{spec}`: expected NAME=CONFIG"))?;
-            let config = match config.strip_prefix('@') {
-                Some(file) => std::fs::read_to_string(file)
-                    .with_context(|| format!("--intervention {name}: reading {file}"))?,
-                None => config.to_string(),
-            };
+            let (name, config) = name_and_config(spec, "intervention")?;
             let plugin = registry.get(name)?;
             let plan = plugin.plan(&config, shape)?;
             apply_plan(&plan, plugin, &config, shape, hooks)?;

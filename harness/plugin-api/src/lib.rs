@@ -10,7 +10,9 @@ pub mod config;
 mod plan;
 
 pub use abi_stable;
-pub use plan::{AdapterControl, ModelShape, Op, Plan, SiteKind, Step, Where};
+pub use plan::{
+    AdapterControl, AdapterSpec, ModelShape, Op, Organism, Plan, SiteKind, Step, Where,
+};
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
@@ -68,6 +70,8 @@ pub struct PluginMod {
     pub validate: extern "C" fn(config: RStr<'_>) -> RResult<(), RString>,
     /// An intervention's plan for a model of the given shape.
     pub plan: extern "C" fn(config: RStr<'_>, shape: ModelShape) -> RResult<Plan, RString>,
+    /// A model plugin's organism.
+    pub organism: extern "C" fn(config: RStr<'_>) -> RResult<Organism, RString>,
     /// The code behind an [`Op::Callback`] step: changes `data` (row-major
     /// `[rows, hidden]` f32, a host copy of the activation) in place.
     #[sabi(last_prefix_field)]
@@ -87,16 +91,20 @@ impl RootModule for PluginModRef {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
-/// What an intervention plugin implements; [`export_plugin!`] turns it into
-/// the exported function table, with panics turned into errors.
-pub trait Intervention {
-    /// Name, version, description and config schema (kind is set for you).
+/// What a plugin implements; [`export_plugin!`] turns it into the exported
+/// function table, with panics turned into errors. An intervention implements
+/// `plan` (and `callback` if its plans use one); a model plugin `organism`.
+pub trait Plugin {
+    /// Name, version, kind, description and config schema.
     fn info() -> PluginInfo;
     /// Checks a config.
     fn validate(config: &str) -> Result<(), String>;
-    /// The plan for a config and a model shape.
-    fn plan(config: &str, shape: ModelShape) -> Result<Plan, String>;
-    /// Runs a callback step; only plugins whose plans hold [`Op::Callback`] need this.
+    /// An intervention's plan for a config and a model shape.
+    fn plan(config: &str, shape: ModelShape) -> Result<Plan, String> {
+        let _ = (config, shape);
+        Err("this plugin is not an intervention".into())
+    }
+    /// Runs a callback step of this plugin's plan.
     fn callback(
         config: &str,
         step: u32,
@@ -106,6 +114,11 @@ pub trait Intervention {
     ) -> Result<(), String> {
         let _ = (config, data, rows, hidden);
         Err(format!("this plugin has no callback (step {step})"))
+    }
+    /// A model plugin's organism: which base model and adapters.
+    fn organism(config: &str) -> Result<Organism, String> {
+        let _ = config;
+        Err("this plugin is not a model plugin".into())
     }
 }
 
@@ -125,7 +138,7 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> RResult<T,
     }
 }
 
-/// Exports an [`Intervention`] implementation as this library's plugin.
+/// Exports a [`Plugin`] implementation as this library's plugin.
 #[macro_export]
 macro_rules! export_plugin {
     ($ty:ty) => {
@@ -135,13 +148,16 @@ macro_rules! export_plugin {
             use $crate::abi_stable::std_types::{RResult, RSliceMut, RStr, RString};
 
             extern "C" fn info() -> $crate::PluginInfo {
-                let mut info = <$ty as $crate::Intervention>::info();
-                info.kind = $crate::PluginKind::Intervention;
-                info
+                <$ty as $crate::Plugin>::info()
+            }
+            extern "C" fn organism(config: RStr<'_>) -> RResult<$crate::Organism, RString> {
+                $crate::guard("organism", || {
+                    <$ty as $crate::Plugin>::organism(config.as_str())
+                })
             }
             extern "C" fn validate(config: RStr<'_>) -> RResult<(), RString> {
                 $crate::guard("validate", || {
-                    <$ty as $crate::Intervention>::validate(config.as_str())
+                    <$ty as $crate::Plugin>::validate(config.as_str())
                 })
             }
             extern "C" fn plan(
@@ -149,7 +165,7 @@ macro_rules! export_plugin {
                 shape: $crate::ModelShape,
             ) -> RResult<$crate::Plan, RString> {
                 $crate::guard("plan", || {
-                    <$ty as $crate::Intervention>::plan(config.as_str(), shape)
+                    <$ty as $crate::Plugin>::plan(config.as_str(), shape)
                 })
             }
             extern "C" fn callback(
@@ -160,7 +176,7 @@ macro_rules! export_plugin {
                 hidden: u64,
             ) -> RResult<(), RString> {
                 $crate::guard("callback", || {
-                    <$ty as $crate::Intervention>::callback(
+                    <$ty as $crate::Plugin>::callback(
                         config.as_str(),
                         step,
                         data.as_mut_slice(),
@@ -176,6 +192,7 @@ macro_rules! export_plugin {
                     info,
                     validate,
                     plan,
+                    organism,
                     callback,
                 }
                 .leak_into_prefix()

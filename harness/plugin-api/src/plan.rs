@@ -88,3 +88,24 @@ pub struct Plan {
     pub adapters: RVec<AdapterControl>,
     pub notes: RString,
 }
+
+/// One adapter of an organism.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct AdapterSpec {
+    /// A PEFT adapter folder.
+    pub path: RString,
+    /// Multiplies the adapter's output.
+    pub scale: f64,
+}
+
+/// A model plugin's organism: a base model and the adapters over it.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Default)]
+pub struct Organism {
+    /// Model name or folder; empty to use the one given on the command line.
+    pub base: RString,
+    pub adapters: RVec<AdapterSpec>,
+    /// JSON notes for the run's record.
+    pub notes: RString,
+}

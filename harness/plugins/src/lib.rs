@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use abi_stable::sabi_types::VersionNumber;
 use abi_stable::std_types::RResult;
-use emh_plugin_api::{ModelShape, Plan, PluginKind, PluginModRef};
+use emh_plugin_api::{ModelShape, Organism, Plan, PluginKind, PluginModRef};
 
 /// Errors finding, loading or calling a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +136,18 @@ impl Plugin {
         }
         self.validate(config)?;
         call(&self.name, (self.module.plan())(config.into(), shape))
+    }
+
+    /// The organism of a model plugin for this config.
+    pub fn organism(&self, config: &str) -> Result<Organism, PluginError> {
+        if self.kind != PluginKind::Model {
+            return Err(PluginError::Call {
+                plugin: self.name.clone(),
+                reason: format!("is a {} plugin, not a model plugin", self.kind.as_str()),
+            });
+        }
+        self.validate(config)?;
+        call(&self.name, (self.module.organism())(config.into()))
     }
 
     pub(crate) fn module(&self) -> PluginModRef {

@@ -5,7 +5,7 @@
 use emh_plugin_api::abi_stable::std_types::RVec;
 use emh_plugin_api::config;
 use emh_plugin_api::{
-    export_plugin, AdapterControl, Intervention, ModelShape, Plan, PluginInfo, PluginKind,
+    export_plugin, AdapterControl, ModelShape, Plan, Plugin, PluginInfo, PluginKind,
 };
 use serde::Deserialize;
 
@@ -40,7 +40,7 @@ fn parse(config: &str) -> Result<Config, String> {
 
 struct AdapterScaling;
 
-impl Intervention for AdapterScaling {
+impl Plugin for AdapterScaling {
     fn info() -> PluginInfo {
         PluginInfo {
             name: NAME.into(),

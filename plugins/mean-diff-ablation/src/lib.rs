@@ -4,9 +4,7 @@
 
 use emh_plugin_api::abi_stable::std_types::RVec;
 use emh_plugin_api::config::{self, DirectionSource, Directions, Layers, Site, Span};
-use emh_plugin_api::{
-    export_plugin, Intervention, ModelShape, Op, Plan, PluginInfo, PluginKind, Step,
-};
+use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind, Step};
 use serde::Deserialize;
 
 const NAME: &str = "mean-diff-ablation";
@@ -52,7 +50,7 @@ impl Config {
 
 struct Ablation;
 
-impl Intervention for Ablation {
+impl Plugin for Ablation {
     fn info() -> PluginInfo {
         PluginInfo {
             name: NAME.into(),

@@ -4,9 +4,7 @@
 
 use emh_plugin_api::abi_stable::std_types::RVec;
 use emh_plugin_api::config::{self, norm, DirectionSource, Directions, Layers, Site, Span};
-use emh_plugin_api::{
-    export_plugin, Intervention, ModelShape, Op, Plan, PluginInfo, PluginKind, Step,
-};
+use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind, Step};
 use serde::Deserialize;
 
 const NAME: &str = "random-control";
@@ -82,7 +80,7 @@ fn random_like(norm_wanted: f64, hidden: usize, seed: u64, layer: u32) -> Vec<f3
 
 struct RandomControl;
 
-impl Intervention for RandomControl {
+impl Plugin for RandomControl {
     fn info() -> PluginInfo {
         PluginInfo {
             name: NAME.into(),

@@ -3,9 +3,7 @@
 
 use emh_plugin_api::abi_stable::std_types::RVec;
 use emh_plugin_api::config::{self, DirectionSource, Directions, Layers, Site, Span};
-use emh_plugin_api::{
-    export_plugin, Intervention, ModelShape, Op, Plan, PluginInfo, PluginKind, Step,
-};
+use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind, Step};
 use serde::Deserialize;
 
 const NAME: &str = "steering";
@@ -30,7 +28,7 @@ struct Config {
 
 struct Steering;
 
-impl Intervention for Steering {
+impl Plugin for Steering {
     fn info() -> PluginInfo {
         PluginInfo {
             name: NAME.into(),

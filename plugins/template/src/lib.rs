@@ -2,7 +2,7 @@
 //! layers. Copy this crate to start your own.
 
 use emh_plugin_api::config::{self, Layers, Site, Span};
-use emh_plugin_api::{export_plugin, Intervention, ModelShape, Op, Plan, PluginInfo, PluginKind, Step};
+use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind, Step};
 use serde::Deserialize;
 
 const NAME: &str = "template-scale";
@@ -22,7 +22,7 @@ struct Config {
 
 struct TemplateScale;
 
-impl Intervention for TemplateScale {
+impl Plugin for TemplateScale {
     fn info() -> PluginInfo {
         PluginInfo {
             name: NAME.into(),
