@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use emh_plugin_api::{ModelShape, Organism};
 use emh_plugins::{apply_adapter_controls, apply_plan, load, Origin, Registry};
@@ -177,9 +177,6 @@ pub fn run(cmd: PluginsCommand) -> Result<()> {
                 };
                 p.validate(&c)?;
                 println!("config: valid");
-            }
-            if !path.exists() {
-                bail!("{} does not exist", path.display());
             }
             Ok(())
         }

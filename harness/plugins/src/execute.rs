@@ -42,9 +42,14 @@ struct Callback {
     config: String,
     id: u32,
     span: Span,
+    failure: Option<String>,
 }
 
 impl Hook for Callback {
+    fn failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
+
     fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor> {
         let shape = x.size();
         let hidden = shape[2];
@@ -59,9 +64,10 @@ impl Hook for Callback {
             hidden as u64,
         );
         if let Err(e) = result.into_result() {
-            // The hook interface has no error channel: a failing callback
-            // leaves the activation unchanged and says so once per call.
-            eprintln!("plugin `{}`: callback {}: {e}", self.plugin, self.id);
+            self.failure = Some(format!(
+                "plugin `{}`: callback {}: {e}",
+                self.plugin, self.id
+            ));
             return None;
         }
         let changed = Tensor::from_slice(&data)
@@ -135,6 +141,7 @@ pub fn apply_plan(
                         config: config.to_string(),
                         id: *id,
                         span: sp,
+                        failure: None,
                     },
                 );
             }
@@ -383,5 +390,71 @@ mod tests {
         assert!(err.to_string().contains("needs `layer`"), "{err}");
         let err = p.validate("{\"vektor\": [1]}").unwrap_err();
         assert!(err.to_string().contains("unknown field `vektor`"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod callback_tests {
+    use emh_runtime::{Kind, Model, ScaleBy};
+    use emh_text::Tokenizer;
+
+    use super::*;
+    use crate::{load, Origin};
+
+    fn fixture() -> Plugin {
+        let exe = std::env::current_exe().unwrap();
+        let path = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .unwrap()
+            .join("libpanicking_plugin_fixture.so");
+        load(&path, Origin::Explicit).unwrap()
+    }
+
+    #[test]
+    fn a_callback_sees_and_changes_the_activation_and_its_failure_fails_the_pass() {
+        let dir = std::env::var_os("EMH_DEFAULT_MODEL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| emh_models::models_dir().join(emh_models::DEFAULT_MODEL));
+        let m = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        let tok = Tokenizer::from_dir(&dir).unwrap();
+        let prompts = vec![tok.encode("Hello there", false).unwrap()];
+        let shape = ModelShape {
+            num_layers: m.config.num_layers as u32,
+            hidden_size: m.config.hidden_size as u32,
+        };
+        let p = fixture();
+        let config = "{\"callback\": true}";
+        let mut hooks = HookSet::new();
+        apply_plan(
+            &p.plan(config, shape).unwrap(),
+            &p,
+            config,
+            shape,
+            &mut hooks,
+        )
+        .unwrap();
+        let (via_callback, _) = m.logits(&prompts, tok.pad_id, &mut hooks).unwrap();
+        let mut native = HookSet::new();
+        native.add(Site::ResidPost(2), ScaleBy::new(2.0, Span::All));
+        let (via_plan_op, _) = m.logits(&prompts, tok.pad_id, &mut native).unwrap();
+        assert!(via_callback.equal(&via_plan_op));
+
+        let failing = "{\"callback\": true, \"fail\": true}";
+        let mut hooks = HookSet::new();
+        apply_plan(
+            &p.plan(failing, shape).unwrap(),
+            &p,
+            failing,
+            shape,
+            &mut hooks,
+        )
+        .unwrap();
+        let err = m
+            .logits(&prompts, tok.pad_id, &mut hooks)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("asked to fail at step 7"), "{err}");
     }
 }

@@ -102,6 +102,11 @@ impl HookCtx<'_> {
 pub trait Hook: Send {
     /// Called with the activation `[batch, seq, hidden]` at the hook's site.
     fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor>;
+
+    /// Why the last call failed, if it did; the forward pass then fails with it.
+    fn failure(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// The hooks of one forward pass or generation, in the order they run.
@@ -111,6 +116,8 @@ pub struct HookSet {
     /// `active[layer][slot]`: whether any hook is registered there, so the
     /// forward pass pays nothing at sites without hooks.
     active: Vec<[bool; 3]>,
+    /// The first failure a hook reported.
+    failure: Option<String>,
 }
 
 impl HookSet {
@@ -159,8 +166,17 @@ impl HookSet {
                 if let Some(y) = hook.call(x, &ctx) {
                     *x = y;
                 }
+                if let Some(why) = hook.failure() {
+                    self.failure
+                        .get_or_insert(format!("hook at {site:?}: {why}"));
+                }
             }
         }
+    }
+
+    /// Takes the first failure a hook reported since the last call.
+    pub(crate) fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
     }
 }
 

@@ -408,6 +408,9 @@ impl Model {
             hooks.run(Site::ResidPost(l), &mut x, phase, positions);
         }
         cache.len = total;
+        if let Some(why) = hooks.take_failure() {
+            return Err(RuntimeError::Request(why));
+        }
         let x = match at {
             LogitsAt::Last => x.narrow(1, t - 1, 1),
             LogitsAt::All => x,
