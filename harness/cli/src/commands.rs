@@ -30,6 +30,10 @@ pub struct ModelArgs {
     /// A PEFT LoRA adapter folder to apply, unmerged (repeatable: adapters add up).
     #[arg(long = "adapter", value_name = "DIR")]
     adapters: Vec<PathBuf>,
+    /// Random weights from the model folder's config.json alone (for
+    /// benchmarks of large shapes); SEED fixes them.
+    #[arg(long, value_name = "SEED")]
+    random_init: Option<u64>,
 }
 
 struct Loaded {
@@ -73,8 +77,11 @@ impl ModelArgs {
         } else {
             Some(ChatTemplate::from_dir(&found.dir).context("use --raw for a base model")?)
         };
-        let mut model = Model::load(&found.dir, device, kind)
-            .with_context(|| format!("loading {}", found.dir.display()))?;
+        let mut model = match self.random_init {
+            Some(seed) => Model::random_init(&found.dir, device, kind, seed),
+            None => Model::load(&found.dir, device, kind),
+        }
+        .with_context(|| format!("loading {}", found.dir.display()))?;
         let organism_adapters = organism.into_iter().flat_map(|o| o.adapters.iter());
         for spec in organism_adapters {
             let dir = Path::new(spec.path.as_str());

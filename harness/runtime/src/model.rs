@@ -127,10 +127,49 @@ impl Model {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, RuntimeError> {
         let config = ModelConfig::from_dir(dir)?;
         let files = WeightFiles::open(dir)?;
+        let untied_head = files.contains("lm_head.weight");
+        Self::build(dir, config, device, kind, untied_head, |name, shape| {
+            files.load(name, shape, kind, device)
+        })
+    }
+
+    /// A model with random weights from a folder's `config.json` alone, as HF
+    /// initialises one (normal(0, 0.02), norms 1, biases 0): for benchmarks
+    /// of large shapes without their weight files.
+    pub fn random_init(
+        dir: &Path,
+        device: Device,
+        kind: Kind,
+        seed: u64,
+    ) -> Result<Self, RuntimeError> {
+        let config = ModelConfig::from_dir(dir)?;
+        tch::manual_seed(seed as i64);
+        let untied_head = !config.tie_word_embeddings;
+        Self::build(dir, config, device, kind, untied_head, |name, shape| {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let opts = (kind, device);
+            Ok(if name.ends_with("norm.weight") {
+                Tensor::ones(dims.as_slice(), opts)
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(dims.as_slice(), opts)
+            } else {
+                Tensor::randn(dims.as_slice(), opts) * 0.02
+            })
+        })
+    }
+
+    /// Assembles a model from `load(name, shape)` for each HF tensor name.
+    fn build(
+        dir: &Path,
+        config: ModelConfig,
+        device: Device,
+        kind: Kind,
+        untied_head: bool,
+        load: impl Fn(&str, &[usize]) -> Result<Tensor, RuntimeError>,
+    ) -> Result<Self, RuntimeError> {
         let c = &config;
         let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q_rows, kv_rows) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let load = |name: &str, shape: &[usize]| files.load(name, shape, kind, device);
         let embed = load("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
@@ -162,7 +201,7 @@ impl Model {
         }
         let norm = load("model.norm.weight", &[h])?;
         let lm_head = Linear::new(
-            if c.tie_word_embeddings || !files.contains("lm_head.weight") {
+            if c.tie_word_embeddings || !untied_head {
                 embed.shallow_clone()
             } else {
                 load("lm_head.weight", &[c.vocab_size, h])?
@@ -453,5 +492,30 @@ impl Model {
             ))),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_init_needs_only_a_config_and_is_fixed_by_its_seed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = serde_json::json!({
+            "model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-6, "vocab_size": 100, "tie_word_embeddings": false
+        });
+        std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+        let logits = |seed| {
+            let m = Model::random_init(tmp.path(), Device::Cpu, Kind::Float, seed).unwrap();
+            m.logits(&[vec![1, 2, 3], vec![4]], 0, &mut HookSet::new()).unwrap().0
+        };
+        let a = logits(1);
+        assert_eq!(a.size(), vec![2, 3, 100]);
+        assert!(bool::try_from(a.isfinite().all()).unwrap());
+        assert!(a.equal(&logits(1)));
+        assert!(!a.equal(&logits(2)));
     }
 }
