@@ -510,7 +510,9 @@ mod tests {
         std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
         let logits = |seed| {
             let m = Model::random_init(tmp.path(), Device::Cpu, Kind::Float, seed).unwrap();
-            m.logits(&[vec![1, 2, 3], vec![4]], 0, &mut HookSet::new()).unwrap().0
+            m.logits(&[vec![1, 2, 3], vec![4]], 0, &mut HookSet::new())
+                .unwrap()
+                .0
         };
         let a = logits(1);
         assert_eq!(a.size(), vec![2, 3, 100]);
