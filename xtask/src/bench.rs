@@ -161,10 +161,18 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
     for (b, ours, hf) in &rows {
         writeln!(section, "| {b} | {ours:.1} | {hf:.1} | {:.2}x |", ours / hf)?;
     }
-    let path = env.root.join("BENCHMARKS.md");
+    write_section(
+        &env.root,
+        &format!("## generate: SmolLM2-135M-Instruct, {device}, f32"),
+        &section,
+    )
+}
+
+/// Replaces the section starting with `header` in BENCHMARKS.md (or appends it).
+fn write_section(root: &std::path::Path, header: &str, section: &str) -> Result<()> {
+    let path = root.join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench ...`; each section is replaced when its benchmark runs again.\n".into());
-    let header = format!("## generate: SmolLM2-135M-Instruct, {device}, f32");
-    let new = match old.find(&header) {
+    let new = match old.find(header) {
         Some(start) => {
             let end = old[start + header.len()..]
                 .find("\n## ")
@@ -181,4 +189,69 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
     std::fs::write(&path, new)?;
     print!("{section}");
     Ok(())
+}
+
+/// Judgments per second of the adaptive judge client against a loopback mock
+/// with 100 ms latency, beside the reference method: one request at a time.
+pub fn judge(root: &std::path::Path) -> Result<()> {
+    use emh_judge_mock::{MockConfig, MockServer};
+    use emh_judge_openai::{Client, Item, Settings};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    const LATENCY_MS: u64 = 100;
+    const ADAPTIVE_N: usize = 4000;
+    const SEQUENTIAL_N: usize = 40;
+    let items = |n: usize, tag: &str| -> Vec<Item> {
+        (0..n)
+            .map(|i| Item {
+                id: format!("{tag}{i}"),
+                prompt: format!("Rate answer {tag}{i} from 0 to 100."),
+            })
+            .collect()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let (adaptive, sequential, peak) = rt.block_on(async {
+        let server = MockServer::start(MockConfig {
+            latency: Duration::from_millis(LATENCY_MS),
+            ..Default::default()
+        })
+        .await?;
+        let run = |settings: Settings, items: Vec<Item>| async move {
+            let client = Arc::new(Client::new(settings, None)?);
+            let start = Instant::now();
+            let n = items.len();
+            client.judge_all(items, |_| {}).await?;
+            anyhow::Ok((
+                n as f64 / start.elapsed().as_secs_f64(),
+                client.concurrency(),
+            ))
+        };
+        let (adaptive, peak) = run(
+            Settings::new("bench", &server.url()),
+            items(ADAPTIVE_N, "a"),
+        )
+        .await?;
+        let mut one = Settings::new("bench", &server.url());
+        one.initial_concurrency = 1;
+        one.max_concurrency = 1;
+        let (sequential, _) = run(one, items(SEQUENTIAL_N, "s")).await?;
+        anyhow::Ok((adaptive, sequential, peak))
+    })?;
+    let header = "## judge: OpenAI-compatible client against a loopback mock";
+    let mut section = String::new();
+    writeln!(section, "{header}\n")?;
+    writeln!(section, "- command: `cargo xtask bench judge`")?;
+    writeln!(section, "- machine: {}", machine())?;
+    writeln!(section, "- date: {}", today())?;
+    writeln!(section, "- workload: chat-completions mock on 127.0.0.1 answering after {LATENCY_MS} ms with top-20 logprobs; {ADAPTIVE_N} judgments with adaptive concurrency (start 8, at most 128); reference: one request at a time, as the reference research code judges ({SEQUENTIAL_N} judgments)\n")?;
+    writeln!(section, "| method | judgments/s | vs one at a time |")?;
+    writeln!(section, "|---|---:|---:|")?;
+    writeln!(section, "| one at a time | {sequential:.1} | 1.00x |")?;
+    writeln!(
+        section,
+        "| adaptive (ended at concurrency {peak}) | {adaptive:.1} | {:.1}x |",
+        adaptive / sequential
+    )?;
+    write_section(root, header, &section)
 }

@@ -36,6 +36,7 @@ commands:
   demo             set up, then answer a few questions with the default model
   test             set up, then run every test (parity with HF transformers included)
   bench generate   tokens/s of emh beside HF transformers generate, written to BENCHMARKS.md
+  bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
 
 environment:
   LIBTORCH         use this libtorch instead of the venv's PyTorch
@@ -49,6 +50,7 @@ fn main() -> Result<()> {
         ["demo"] => demo(),
         ["test", rest @ ..] => test(rest),
         ["bench", "generate", rest @ ..] => bench::generate(&setup()?, rest),
+        ["bench", "judge"] => bench::judge(&root()),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)
