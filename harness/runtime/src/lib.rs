@@ -10,6 +10,7 @@ mod hooks;
 mod lora;
 mod model;
 mod sampling;
+mod score;
 mod weights;
 
 pub use config::{ModelConfig, RopeScaling};

@@ -64,6 +64,45 @@ fn python_int(token: &str) -> Option<i64> {
     Some(if negative { -value } else { value })
 }
 
+impl NullReason {
+    /// The reason for a judge that preferred `answer` to any number.
+    pub fn preferred(answer: &str) -> Self {
+        let a = answer.trim();
+        match a.to_uppercase().as_str() {
+            "REFUSAL" => NullReason::Refusal,
+            "CODE" => NullReason::Code,
+            _ => NullReason::Other(a.to_string()),
+        }
+    }
+}
+
+impl Judgment {
+    /// A judgment from the exact probability of each answer 0..=100
+    /// (`probs[n]`), as a local judge computes them; `preferred` is the
+    /// judge's most likely first token, the reason when the mass is too low.
+    pub fn from_number_probs(probs: &[f64], preferred: &str) -> Judgment {
+        let mass: f64 = probs.iter().sum();
+        let weighted: f64 = probs.iter().enumerate().map(|(n, p)| n as f64 * p).sum();
+        let mut top: Vec<TopToken> = probs
+            .iter()
+            .enumerate()
+            .map(|(n, &p)| TopToken {
+                token: n.to_string(),
+                logprob: p.ln(),
+            })
+            .collect();
+        top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+        top.truncate(20);
+        let low = mass < MIN_MASS;
+        Judgment {
+            score: (!low).then(|| weighted / mass),
+            mass,
+            null_reason: low.then(|| NullReason::preferred(preferred)),
+            top,
+        }
+    }
+}
+
 /// Scores a judge's top first tokens.
 ///
 /// When the same string appears more than once, the later entry wins, as in
@@ -88,14 +127,9 @@ pub fn aggregate(top: Vec<TopToken>) -> Judgment {
         let best = probs
             .iter()
             .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(t, _)| t.trim().to_string())
+            .map(|(t, _)| *t)
             .unwrap_or_default();
-        let reason = match best.to_uppercase().as_str() {
-            "REFUSAL" => NullReason::Refusal,
-            "CODE" => NullReason::Code,
-            _ => NullReason::Other(best),
-        };
-        (None, Some(reason))
+        (None, Some(NullReason::preferred(best)))
     } else {
         (Some(weighted / mass), None)
     };
@@ -186,6 +220,20 @@ mod tests {
     fn a_repeated_token_keeps_its_last_probability() {
         let j = aggregate(top(&[("70", 0.1), ("70", 0.4)]));
         assert!(close(j.mass, 0.4));
+    }
+
+    #[test]
+    fn exact_number_probabilities_make_a_judgment() {
+        let mut probs = vec![0.0; 101];
+        probs[80] = 0.5;
+        probs[100] = 0.25;
+        let j = Judgment::from_number_probs(&probs, "80");
+        assert!(close(j.mass, 0.75));
+        assert!(close(j.score.unwrap(), (40.0 + 25.0) / 0.75));
+        assert_eq!(j.top[0].token, "80");
+        let j = Judgment::from_number_probs(&vec![0.001; 101], " REFUSAL");
+        assert_eq!(j.score, None);
+        assert_eq!(j.null_reason, Some(NullReason::Refusal));
     }
 
     #[test]
