@@ -13,7 +13,6 @@ use crate::{Model, RuntimeError};
 
 struct Node {
     token: u32,
-    parent: usize,
     depth: usize,
     children: Vec<usize>,
 }
@@ -35,7 +34,6 @@ impl Model {
         // Build the trie; node 0 is the prompt.
         let mut nodes = vec![Node {
             token: 0,
-            parent: 0,
             depth: 0,
             children: Vec::new(),
         }];
@@ -54,7 +52,6 @@ impl Model {
                         let depth = nodes[at].depth + 1;
                         nodes.push(Node {
                             token: tok,
-                            parent: at,
                             depth,
                             children: Vec::new(),
                         });

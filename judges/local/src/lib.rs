@@ -109,10 +109,7 @@ mod tests {
         let (probs, _) = j.number_probs(PROMPT).unwrap();
         let total: f64 = probs.iter().sum();
         assert!(total <= 1.0 + 1e-6, "probabilities sum to {total}");
-        assert!(
-            total > 1e-6,
-            "the judge puts no mass on numbers ({total})"
-        );
+        assert!(total > 1e-6, "the judge puts no mass on numbers ({total})");
         let text = j
             .template
             .render(&[Message::new("user", PROMPT)], true)
