@@ -17,12 +17,20 @@ ap.add_argument("--max-new-tokens", type=int, default=128)
 ap.add_argument("--device", default="cpu")
 ap.add_argument("--dtype", default="float32")
 ap.add_argument("--repeats", type=int, default=1)
+ap.add_argument("--random-init", action="store_true", help="random weights from the folder's config.json alone")
 a = ap.parse_args()
 
 torch.manual_seed(0)
 tok = AutoTokenizer.from_pretrained(a.model)
 tok.padding_side = "left"
-model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype)).to(a.device).eval()
+if a.random_init:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(a.model)
+    with torch.device(a.device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, a.dtype)).eval()
+else:
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype)).to(a.device).eval()
 lines = [json.loads(l) for l in open(a.prompts) if l.strip()]
 prompts = [lines[i % len(lines)]["prompt"] for i in range(a.batch_size)]
 texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in prompts]
