@@ -12,6 +12,7 @@ use emh_text::{ChatTemplate, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::plugins::{Applied, PluginUseArgs};
 use crate::prompts::{read_file, PromptLine, PromptRenderer};
 
 /// Which model to load and where.
@@ -176,7 +177,7 @@ pub struct GenerateArgs {
     #[arg(long, short)]
     out: Option<PathBuf>,
     #[command(flatten)]
-    plugins: crate::plugins::PluginUseArgs,
+    plugins: PluginUseArgs,
 }
 
 /// Seed of sample `j` of prompt `i`: SplitMix64 over the triple, so seeds of
@@ -210,20 +211,29 @@ fn open_out(out: &Option<PathBuf>) -> Result<Box<dyn Write>> {
     })
 }
 
+/// Loads the model (or --organism) and applies --intervention plugins:
+/// the model, the hooks to run with it, and the plugins used.
+fn load_with_plugins(
+    model: &ModelArgs,
+    plugins: &PluginUseArgs,
+    raw: bool,
+) -> Result<(Loaded, HookSet, Vec<Applied>)> {
+    let registry = plugins.registry();
+    let organism = plugins.organism(&registry)?;
+    let mut loaded = model.load(raw, organism.as_ref().map(|o| &o.0))?;
+    let mut hooks = HookSet::new();
+    let mut applied = plugins.apply(&registry, &mut loaded.model, &mut hooks)?;
+    applied.extend(organism.map(|o| o.1));
+    Ok((loaded, hooks, applied))
+}
+
 /// `emh generate`.
 pub fn generate(a: GenerateArgs) -> Result<()> {
     if a.n == 0 || a.batch_size == 0 {
         bail!("-n and --batch-size must be at least 1");
     }
     let lines = a.prompts.lines()?;
-    let registry = a.plugins.registry();
-    let organism = a.plugins.organism(&registry)?;
-    let mut loaded = a
-        .model
-        .load(a.prompts.raw, organism.as_ref().map(|o| &o.0))?;
-    let mut hooks = HookSet::new();
-    let mut applied = a.plugins.apply(&registry, &mut loaded.model, &mut hooks)?;
-    applied.extend(organism.map(|o| o.1));
+    let (loaded, mut hooks, applied) = load_with_plugins(&a.model, &a.plugins, a.prompts.raw)?;
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),
@@ -324,19 +334,13 @@ pub struct LogitsArgs {
     #[arg(long, short)]
     out: PathBuf,
     #[command(flatten)]
-    plugins: crate::plugins::PluginUseArgs,
+    plugins: PluginUseArgs,
 }
 
 /// `emh logits`.
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let lines = a.prompts.lines()?;
-    let registry = a.plugins.registry();
-    let organism = a.plugins.organism(&registry)?;
-    let mut loaded = a
-        .model
-        .load(a.prompts.raw, organism.as_ref().map(|o| &o.0))?;
-    let mut hooks = HookSet::new();
-    a.plugins.apply(&registry, &mut loaded.model, &mut hooks)?;
+    let (loaded, mut hooks, _) = load_with_plugins(&a.model, &a.plugins, a.prompts.raw)?;
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),
