@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::{ModelShape, SiteKind, Where};
+use abi_stable::std_types::RVec;
+
+use crate::{ModelShape, Op, SiteKind, Step, Where};
 
 /// Parses a JSON config into `T`, naming the plugin in the error.
 pub fn parse<T: for<'de> Deserialize<'de>>(plugin: &str, config: &str) -> Result<T, String> {
@@ -49,6 +51,34 @@ impl Layers {
             }
         }
     }
+}
+
+/// Checks that a single named layer (such as a `source_layer`) exists.
+pub fn check_layer(layer: Option<u32>, shape: ModelShape) -> Result<(), String> {
+    match layer {
+        Some(l) => Layers::List(vec![l]).resolve(shape).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// One step per layer of `layers`, all at `site` over `at`, each doing `op(layer)`.
+pub fn steps_per_layer(
+    layers: &Layers,
+    shape: ModelShape,
+    site: Site,
+    at: &Span,
+    mut op: impl FnMut(u32) -> Op,
+) -> Result<RVec<Step>, String> {
+    Ok(layers
+        .resolve(shape)?
+        .into_iter()
+        .map(|layer| Step {
+            site: site.kind(),
+            layer,
+            op: op(layer),
+            at: at.to_where(),
+        })
+        .collect())
 }
 
 /// Token span as written in configs: `"all"`, `"prompt"`, `"answer"`, `"last"`,
@@ -231,6 +261,25 @@ mod tests {
         assert_eq!(some.resolve(SHAPE).unwrap(), vec![1, 3]);
         let bad: Layers = serde_json::from_str("[4]").unwrap();
         assert!(bad.resolve(SHAPE).unwrap_err().contains("layer 4"));
+    }
+
+    #[test]
+    fn one_step_per_layer_with_its_op() {
+        let steps = steps_per_layer(
+            &Layers::List(vec![1, 3]),
+            SHAPE,
+            Site::MlpOut,
+            &Span::Last,
+            |l| Op::Scale { factor: l as f64 },
+        )
+        .unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[1].layer, 3);
+        assert_eq!(steps[1].op, Op::Scale { factor: 3.0 });
+        assert_eq!(steps[0].site, SiteKind::MlpOut);
+        assert_eq!(steps[0].at, Where::Last);
+        assert!(check_layer(Some(4), SHAPE).unwrap_err().contains("layer 4"));
+        assert!(check_layer(None, SHAPE).is_ok());
     }
 
     #[test]

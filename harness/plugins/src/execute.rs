@@ -203,6 +203,7 @@ mod tests {
 
     use super::*;
     use crate::{load, Origin};
+    use emh_plugin_api::Step;
 
     /// A built-in plugin library, built beside the test binary's profile folder.
     fn plugin(name: &str) -> Plugin {
@@ -379,6 +380,31 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("hidden size 8"), "{err}");
+    }
+
+    #[test]
+    fn capture_steps_record_under_their_name() {
+        let (m, tok) = model();
+        let s = shape(&m);
+        let p = plugin("steering");
+        let plan = Plan {
+            steps: vec![Step {
+                site: SiteKind::MlpOut,
+                layer: 4,
+                op: Op::Capture {
+                    name: "mlp4".into(),
+                },
+                at: Where::All,
+            }]
+            .into(),
+            ..Default::default()
+        };
+        let mut hooks = HookSet::new();
+        let captures = apply_plan(&plan, &p, "{}", s, &mut hooks).unwrap();
+        let (_, batch) = m.logits(&prompts(&tok), tok.pad_id, &mut hooks).unwrap();
+        let got = captures.0["mlp4"].take();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.size()[..2], batch.ids.size()[..]);
     }
 
     #[test]

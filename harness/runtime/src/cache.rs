@@ -44,11 +44,6 @@ impl KvCache {
         }
     }
 
-    /// Number of sequences.
-    pub fn batch(&self) -> i64 {
-        self.valid.size()[0]
-    }
-
     /// Keeps only the given rows (sequences still generating), in that order.
     pub fn select_rows(&mut self, rows: &Tensor) {
         let used = self.len;

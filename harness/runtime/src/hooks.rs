@@ -137,11 +137,6 @@ impl HookSet {
         self
     }
 
-    /// Whether no hook is registered.
-    pub fn is_empty(&self) -> bool {
-        self.hooks.is_empty()
-    }
-
     /// The highest layer any hook refers to.
     pub fn max_layer(&self) -> Option<usize> {
         self.hooks.iter().map(|(s, _)| s.layer()).max()
@@ -296,6 +291,34 @@ impl Hook for Capture {
 mod tests {
     use super::*;
     use crate::test_model;
+
+    #[test]
+    fn span_masks_follow_the_phase() {
+        // Two left-padded rows of three columns; -1 is padding.
+        let positions = Tensor::from_slice(&[-1i64, 0, 1, 0, 1, 2]).view([2, 3]);
+        let ctx = |phase| HookCtx {
+            site: Site::ResidPre(0),
+            phase,
+            positions: &positions,
+        };
+        let prefill = ctx(Phase::Prefill);
+        let decode = ctx(Phase::Decode { step: 0 });
+        let ones = |m: Option<Tensor>| Vec::<f32>::try_from(m.unwrap().view([-1])).unwrap();
+        assert!(prefill.span_mask(Span::Prompt, Kind::Float).is_none());
+        assert_eq!(
+            ones(prefill.span_mask(Span::Generated, Kind::Float)),
+            vec![0.0; 6]
+        );
+        assert!(decode.span_mask(Span::Generated, Kind::Float).is_none());
+        assert_eq!(
+            ones(decode.span_mask(Span::Prompt, Kind::Float)),
+            vec![0.0; 6]
+        );
+        let last = prefill.span_mask(Span::Last, Kind::Float).unwrap();
+        assert_eq!(last.size(), vec![1, 3, 1]);
+        assert_eq!(ones(Some(last)), vec![0.0, 0.0, 1.0]);
+        assert!(decode.span_mask(Span::Last, Kind::Float).is_none());
+    }
 
     fn prompts(tok: &emh_text::Tokenizer) -> Vec<Vec<u32>> {
         vec![

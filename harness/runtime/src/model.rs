@@ -84,8 +84,6 @@ pub struct Batch {
     pub ids: Tensor,
     /// `[batch, seq]` position of each token in its sequence; -1 for padding.
     pub positions: Tensor,
-    /// Length of each prompt, without padding.
-    pub lengths: Vec<usize>,
 }
 
 impl Batch {
@@ -105,7 +103,6 @@ impl Batch {
         Batch {
             ids: Tensor::from_slice(&ids).view(shape).to_device(device),
             positions: Tensor::from_slice(&pos).view(shape).to_device(device),
-            lengths: prompts.iter().map(Vec::len).collect(),
         }
     }
 }

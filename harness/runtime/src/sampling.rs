@@ -98,3 +98,68 @@ impl SamplingParams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Tensor {
+        Tensor::from_slice(&[0.0f32, 3.0, 1.0, 2.5, -1.0, 0.5]).view([2, 3])
+    }
+
+    #[test]
+    fn greedy_top_k_1_and_a_tiny_top_p_agree() {
+        let greedy = SamplingParams {
+            greedy: true,
+            ..Default::default()
+        };
+        let want: Vec<i64> = Vec::try_from(greedy.choose(&logits(), &[0.5, 0.5])).unwrap();
+        assert_eq!(want, vec![1, 0]);
+        for params in [
+            SamplingParams {
+                top_k: 1,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1e-6,
+                ..Default::default()
+            },
+        ] {
+            for u in [0.0, 0.3, 0.999] {
+                let got: Vec<i64> = Vec::try_from(params.choose(&logits(), &[u, u])).unwrap();
+                assert_eq!(got, want, "{params:?} u={u}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_uniform_draw_walks_the_distribution() {
+        // Row 0 probabilities at temperature 1: softmax([0, 3, 1]).
+        let p = SamplingParams::default();
+        let pick = |u: f64| Vec::<i64>::try_from(p.choose(&logits(), &[u, 0.0])).unwrap()[0];
+        let probs: Vec<f64> = {
+            let e: Vec<f64> = [0.0f64, 3.0, 1.0].iter().map(|x| x.exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|x| x / s).collect()
+        };
+        assert_eq!(pick(probs[0] * 0.5), 0);
+        assert_eq!(pick(probs[0] + probs[1] * 0.5), 1);
+        assert_eq!(pick(0.999), 2);
+    }
+
+    #[test]
+    fn top_k_never_picks_outside_the_k_best() {
+        let p = SamplingParams {
+            top_k: 2,
+            ..Default::default()
+        };
+        for i in 0..50 {
+            let u = i as f64 / 50.0;
+            let got: Vec<i64> = Vec::try_from(p.choose(&logits(), &[u, u])).unwrap();
+            assert!(
+                [1, 2].contains(&got[0]) && [0, 2].contains(&got[1]),
+                "{got:?}"
+            );
+        }
+    }
+}

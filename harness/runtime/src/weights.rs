@@ -5,16 +5,25 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
 use crate::RuntimeError;
 
+/// One memory-mapped safetensors file, its header parsed once.
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Where tensor data starts: after the length prefix and the header.
+    data_start: usize,
+}
+
 /// The memory-mapped safetensors files of a model folder.
 pub struct WeightFiles {
-    maps: Vec<(PathBuf, Mmap)>,
-    /// Tensor name → index into `maps`.
-    index: HashMap<String, usize>,
+    files: Vec<MappedFile>,
+    /// Tensor name → (index into `files`, where its data lies).
+    index: HashMap<String, (usize, TensorInfo)>,
 }
 
 fn file_err(path: &Path, reason: impl Into<String>) -> RuntimeError {
@@ -64,30 +73,42 @@ impl WeightFiles {
                 "no model.safetensors or model.safetensors.index.json",
             ));
         };
-        let mut maps = Vec::new();
-        let mut index = HashMap::new();
-        for (i, path) in files.into_iter().enumerate() {
-            let mmap = map_file(&path)?;
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| file_err(&path, format!("corrupt or truncated safetensors: {e}")))?;
-            for name in st.names() {
-                index.insert(name.to_string(), i);
-            }
-            maps.push((path, mmap));
+        let mut weights = WeightFiles {
+            files: Vec::new(),
+            index: HashMap::new(),
+        };
+        for path in files {
+            weights.add_file(path)?;
         }
-        Ok(WeightFiles { maps, index })
+        Ok(weights)
     }
 
     /// Opens one safetensors file.
     pub fn open_file(path: &Path) -> Result<Self, RuntimeError> {
-        let mmap = map_file(path)?;
-        let st = SafeTensors::deserialize(&mmap)
-            .map_err(|e| file_err(path, format!("corrupt or truncated safetensors: {e}")))?;
-        let index = st.names().into_iter().map(|n| (n.to_string(), 0)).collect();
-        Ok(WeightFiles {
-            maps: vec![(path.to_path_buf(), mmap)],
-            index,
-        })
+        let mut weights = WeightFiles {
+            files: Vec::new(),
+            index: HashMap::new(),
+        };
+        weights.add_file(path.to_path_buf())?;
+        Ok(weights)
+    }
+
+    /// Maps a file and indexes its tensors; the header is checked against the
+    /// file size here, so a truncated file fails before any tensor is read.
+    fn add_file(&mut self, path: PathBuf) -> Result<(), RuntimeError> {
+        let mmap = map_file(&path)?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
+            .map_err(|e| file_err(&path, format!("corrupt or truncated safetensors: {e}")))?;
+        let i = self.files.len();
+        for (name, info) in metadata.tensors() {
+            self.index.insert(name, (i, info.clone()));
+        }
+        self.files.push(MappedFile {
+            path,
+            mmap,
+            data_start: 8 + header_len,
+        });
+        Ok(())
     }
 
     /// Names of all tensors, sorted.
@@ -110,34 +131,33 @@ impl WeightFiles {
         kind: Kind,
         device: Device,
     ) -> Result<Tensor, RuntimeError> {
-        let &i = self.index.get(name).ok_or_else(|| RuntimeError::Weight {
-            path: self.maps[0]
-                .0
+        let (i, info) = self.index.get(name).ok_or_else(|| RuntimeError::Weight {
+            path: self.files[0]
+                .path
                 .parent()
                 .unwrap_or(Path::new("."))
                 .to_path_buf(),
             tensor: name.into(),
             reason: "missing from the weight files".into(),
         })?;
-        let (path, mmap) = &self.maps[i];
+        let file = &self.files[*i];
         let err = |reason: String| RuntimeError::Weight {
-            path: path.clone(),
+            path: file.path.clone(),
             tensor: name.into(),
             reason,
         };
-        let st = SafeTensors::deserialize(mmap).map_err(|e| err(e.to_string()))?;
-        let view = st.tensor(name).map_err(|e| err(e.to_string()))?;
-        if view.shape() != shape {
+        if info.shape != shape {
             return Err(err(format!(
                 "shape {:?} does not match the config, which implies {:?}",
-                view.shape(),
-                shape
+                info.shape, shape
             )));
         }
-        let src_kind = kind_of(view.dtype())
-            .ok_or_else(|| err(format!("unsupported dtype {:?}", view.dtype())))?;
+        let src_kind = kind_of(info.dtype)
+            .ok_or_else(|| err(format!("unsupported dtype {:?}", info.dtype)))?;
+        let (start, end) = info.data_offsets;
+        let data = &file.mmap[file.data_start + start..file.data_start + end];
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &dims, src_kind)?;
+        let t = Tensor::f_from_data_size(data, &dims, src_kind)?;
         Ok(t.f_to_device(device)?.f_to_kind(kind)?)
     }
 }

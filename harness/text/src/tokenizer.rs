@@ -74,14 +74,4 @@ impl Tokenizer {
             .decode(ids, skip_special)
             .map_err(|e| TextError::Tokenize(e.to_string()))
     }
-
-    /// Number of tokens in the vocabulary, added tokens included.
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
-    /// The id of a token string, if it is in the vocabulary.
-    pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
-    }
 }

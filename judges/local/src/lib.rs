@@ -75,11 +75,6 @@ impl LocalJudge {
         let (probs, preferred) = self.number_probs(prompt)?;
         Ok(Judgment::from_number_probs(&probs, &preferred))
     }
-
-    /// The model, e.g. to check its shape.
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use emh_plugin_api::abi_stable::std_types::RVec;
 use emh_plugin_api::config::{self, DirectionSource, Directions, Layers, Site, Span};
-use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind, Step};
+use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind};
 use serde::Deserialize;
 
 const NAME: &str = "mean-diff-ablation";
@@ -74,22 +74,11 @@ impl Plugin for Ablation {
             &DirectionSource::new(c.vector, c.directions, c.tensor)?,
             shape,
         )?;
-        if let Some(l) = c.layer {
-            Layers::List(vec![l]).resolve(shape)?;
-        }
-        let steps = c
-            .layers
-            .resolve(shape)?
-            .into_iter()
-            .map(|layer| Step {
-                site: c.site.kind(),
-                layer,
-                op: Op::ProjectOut {
-                    vector: RVec::from(dirs.layer(c.layer.unwrap_or(layer)).to_vec()),
-                },
-                at: c.at.to_where(),
-            })
-            .collect();
+        config::check_layer(c.layer, shape)?;
+        let steps =
+            config::steps_per_layer(&c.layers, shape, c.site, &c.at, |layer| Op::ProjectOut {
+                vector: RVec::from(dirs.layer(c.layer.unwrap_or(layer)).to_vec()),
+            })?;
         let mode = if c.mode == Mode::Single {
             "single"
         } else {

@@ -4,7 +4,7 @@
 
 use emh_plugin_api::abi_stable::std_types::RVec;
 use emh_plugin_api::config::{self, norm, DirectionSource, Directions, Layers, Site, Span};
-use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind, Step};
+use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind};
 use serde::Deserialize;
 
 const NAME: &str = "random-control";
@@ -104,14 +104,12 @@ impl Plugin for RandomControl {
             &DirectionSource::new(c.vector, c.directions, c.tensor)?,
             shape,
         )?;
-        if let Some(l) = c.source_layer {
-            Layers::List(vec![l]).resolve(shape)?;
-        }
+        config::check_layer(c.source_layer, shape)?;
         let mut norms = Vec::new();
-        let mut steps = Vec::new();
-        for layer in c.layers.resolve(shape)? {
+        let steps = config::steps_per_layer(&c.layers, shape, c.site, &c.at, |layer| {
             let source = c.source_layer.unwrap_or(layer);
             let n = norm(dirs.layer(source));
+            norms.push(n);
             // A single-vector control uses one random vector everywhere, as its real counterpart does.
             let draw_layer = if c.source_layer.is_some() {
                 source
@@ -124,23 +122,16 @@ impl Plugin for RandomControl {
                 c.seed,
                 draw_layer,
             ));
-            norms.push(n);
-            let op = match c.mode {
+            match c.mode {
                 Mode::Ablation => Op::ProjectOut { vector },
                 Mode::Steering => Op::Add {
                     vector,
                     scale: c.scale.expect("checked"),
                 },
-            };
-            steps.push(Step {
-                site: c.site.kind(),
-                layer,
-                op,
-                at: c.at.to_where(),
-            });
-        }
+            }
+        })?;
         Ok(Plan {
-            steps: steps.into(),
+            steps,
             adapters: Default::default(),
             notes:
                 serde_json::json!({"seed": c.seed, "rng": "splitmix64+box-muller", "norms": norms})

@@ -3,7 +3,7 @@
 
 use emh_plugin_api::abi_stable::std_types::RVec;
 use emh_plugin_api::config::{self, DirectionSource, Directions, Layers, Site, Span};
-use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind, Step};
+use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind};
 use serde::Deserialize;
 
 const NAME: &str = "steering";
@@ -51,23 +51,11 @@ impl Plugin for Steering {
             &DirectionSource::new(c.vector, c.directions, c.tensor)?,
             shape,
         )?;
-        if let Some(l) = c.source_layer {
-            Layers::List(vec![l]).resolve(shape)?;
-        }
-        let steps = c
-            .layers
-            .resolve(shape)?
-            .into_iter()
-            .map(|layer| Step {
-                site: c.site.kind(),
-                layer,
-                op: Op::Add {
-                    vector: RVec::from(dirs.layer(c.source_layer.unwrap_or(layer)).to_vec()),
-                    scale: c.scale,
-                },
-                at: c.at.to_where(),
-            })
-            .collect();
+        config::check_layer(c.source_layer, shape)?;
+        let steps = config::steps_per_layer(&c.layers, shape, c.site, &c.at, |layer| Op::Add {
+            vector: RVec::from(dirs.layer(c.source_layer.unwrap_or(layer)).to_vec()),
+            scale: c.scale,
+        })?;
         Ok(Plan {
             steps,
             adapters: Default::default(),

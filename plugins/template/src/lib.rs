@@ -2,7 +2,7 @@
 //! layers. Copy this crate to start your own.
 
 use emh_plugin_api::config::{self, Layers, Site, Span};
-use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind, Step};
+use emh_plugin_api::{export_plugin, ModelShape, Op, Plan, Plugin, PluginInfo, PluginKind};
 use serde::Deserialize;
 
 const NAME: &str = "template-scale";
@@ -43,17 +43,9 @@ impl Plugin for TemplateScale {
 
     fn plan(config: &str, shape: ModelShape) -> Result<Plan, String> {
         let c: Config = config::parse(NAME, config)?;
-        let steps = c
-            .layers
-            .resolve(shape)?
-            .into_iter()
-            .map(|layer| Step {
-                site: c.site.kind(),
-                layer,
-                op: Op::Scale { factor: c.factor },
-                at: c.at.to_where(),
-            })
-            .collect();
+        let steps = config::steps_per_layer(&c.layers, shape, c.site, &c.at, |_| Op::Scale {
+            factor: c.factor,
+        })?;
         Ok(Plan {
             steps,
             adapters: Default::default(),
