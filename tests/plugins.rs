@@ -155,18 +155,23 @@ fn the_template_builds_out_of_tree_and_loads_like_the_built_ins() {
 #[test]
 fn a_plugin_built_against_another_interface_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    // The interface crate as a later release would be: same code, version 0.2.0.
-    let api = tmp.path().join("plugin-api-0.2");
+    // The interface crate as the next minor release would be: same code, a later version.
+    let ours = emh_plugin_api::INTERFACE_VERSION;
+    let (major, rest) = ours.split_once('.').unwrap();
+    let minor: u32 = rest.split('.').next().unwrap().parse().unwrap();
+    let later = format!("{major}.{}.0", minor + 1);
+    let api = tmp.path().join("plugin-api-later");
     std::fs::create_dir_all(api.join("src")).unwrap();
     let src = root().join("harness/plugin-api");
-    for f in ["src/lib.rs", "src/plan.rs", "src/config.rs"] {
+    for f in ["src/lib.rs", "src/plan.rs", "src/config.rs", "src/judge.rs"] {
         std::fs::copy(src.join(f), api.join(f)).unwrap();
     }
     let manifest = std::fs::read_to_string(src.join("Cargo.toml")).unwrap();
-    assert!(manifest.contains("version = \"0.1.0\""));
+    let current = format!("version = \"{ours}\"");
+    assert!(manifest.contains(&current));
     std::fs::write(
         api.join("Cargo.toml"),
-        manifest.replace("version = \"0.1.0\"", "version = \"0.2.0\""),
+        manifest.replace(&current, &format!("version = \"{later}\"")),
     )
     .unwrap();
     let lib = build_template(tmp.path(), &api, "emh-plugin-mismatched");
@@ -175,10 +180,10 @@ fn a_plugin_built_against_another_interface_version_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("built against emh plugin interface 0.2.0"),
+        err.contains(&format!("built against emh plugin interface {later}")),
         "{err}"
     );
-    assert!(err.contains("this emh provides 0.1.0"), "{err}");
+    assert!(err.contains(&format!("this emh provides {ours}")), "{err}");
     let listed = stdout(&emh_ok(&[
         "plugins",
         "list",
@@ -186,7 +191,7 @@ fn a_plugin_built_against_another_interface_version_is_refused() {
         s(lib.parent().unwrap()),
     ]));
     assert!(
-        listed.contains("not loaded:") && listed.contains("0.2.0"),
+        listed.contains("not loaded:") && listed.contains(&later),
         "{listed}"
     );
 }

@@ -16,7 +16,7 @@ use crate::plugins::{Applied, PluginUseArgs};
 use crate::prompts::{read_file, PromptLine, PromptRenderer};
 
 /// Which model to load and where.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ModelArgs {
     /// Model folder, name under the data directory, or HF repo id in the hub
     /// cache [default: an --organism's base, else SmolLM2-135M-Instruct].
@@ -37,10 +37,15 @@ pub struct ModelArgs {
     random_init: Option<u64>,
 }
 
-struct Loaded {
-    model: Model,
-    tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
+/// A loaded model with what came with it.
+pub struct Loaded {
+    /// The model's name as given (or the organism's base, or the default).
+    pub name: String,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    /// Every adapter folder loaded: the organism's, then --adapter's.
+    pub adapter_dirs: Vec<PathBuf>,
 }
 
 impl ModelArgs {
@@ -83,6 +88,7 @@ impl ModelArgs {
             None => Model::load(&found.dir, device, kind),
         }
         .with_context(|| format!("loading {}", found.dir.display()))?;
+        let mut adapter_dirs = Vec::new();
         let organism_adapters = organism.into_iter().flat_map(|o| o.adapters.iter());
         for spec in organism_adapters {
             let dir = Path::new(spec.path.as_str());
@@ -90,16 +96,20 @@ impl ModelArgs {
                 .load_adapter(dir)
                 .with_context(|| format!("loading organism adapter {}", dir.display()))?
                 .scale = spec.scale;
+            adapter_dirs.push(dir.to_path_buf());
         }
         for dir in &self.adapters {
             model
                 .load_adapter(dir)
                 .with_context(|| format!("loading adapter {}", dir.display()))?;
+            adapter_dirs.push(dir.clone());
         }
         Ok(Loaded {
+            name: name.to_string(),
             model,
             tokenizer,
             template,
+            adapter_dirs,
         })
     }
 }
@@ -191,7 +201,8 @@ fn sample_seed(seed: u64, i: usize, j: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-fn progress(len: u64, what: &str) -> ProgressBar {
+/// A progress bar for `len` steps of `what`.
+pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(&format!(
@@ -213,7 +224,7 @@ fn open_out(out: &Option<PathBuf>) -> Result<Box<dyn Write>> {
 
 /// Loads the model (or --organism) and applies --intervention plugins:
 /// the model, the hooks to run with it, and the plugins used.
-fn load_with_plugins(
+pub(crate) fn load_with_plugins(
     model: &ModelArgs,
     plugins: &PluginUseArgs,
     raw: bool,

@@ -1,6 +1,7 @@
 //! `emh`: the em-harness command line.
 
 mod commands;
+mod eval;
 mod plugins;
 mod prompts;
 
@@ -30,6 +31,21 @@ enum Command {
     ImportGguf(commands::ImportArgs),
     /// List the models emh can find.
     Models,
+    /// Sample, judge and summarise a question set in a run directory (resumable).
+    Eval(eval::EvalCmd),
+    /// Sample answers to a question set into a run directory (resumable).
+    Sample(eval::SampleCmd),
+    /// Judge (or re-judge with another judge) the samples of a run directory.
+    Judge(eval::JudgeCmd),
+    /// EM, misalignment, coherence, self-correction and other rates with
+    /// Wilson 95% intervals, per question, category and overall, from a run
+    /// directory or a judged CSV.
+    Metrics(eval::MetricsCmd),
+    /// Compare two judges on the same samples: Pearson and Spearman per
+    /// metric, the EM confusion matrix and Cohen's kappa.
+    JudgeAgreement(eval::AgreementCmd),
+    /// Write a run's samples and scores as a judged CSV in the reference scripts' columns.
+    ExportCsv(eval::ExportCmd),
     /// List plugins, or check why one will not load.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -69,6 +85,12 @@ fn main() {
         Command::Tokenize(a) => commands::tokenize(a),
         Command::ImportGguf(a) => commands::import_gguf(a),
         Command::Models => commands::models(),
+        Command::Eval(a) => eval::eval(a),
+        Command::Sample(a) => eval::sample(a),
+        Command::Judge(a) => eval::judge(a),
+        Command::Metrics(a) => eval::metrics(a),
+        Command::JudgeAgreement(a) => eval::agreement(a),
+        Command::ExportCsv(a) => eval::export_csv(a),
         Command::Plugins(c) => plugins::run(c),
     };
     if let Err(e) = result {

@@ -52,7 +52,7 @@ pub struct Applied {
 }
 
 /// Splits NAME=CONFIG, reading CONFIG from a file when it starts with @.
-fn name_and_config<'a>(spec: &'a str, option: &str) -> Result<(&'a str, String)> {
+pub(crate) fn name_and_config<'a>(spec: &'a str, option: &str) -> Result<(&'a str, String)> {
     let (name, config) = spec
         .split_once('=')
         .with_context(|| format!("--{option} `{spec}`: expected NAME=CONFIG"))?;
@@ -68,6 +68,11 @@ impl PluginUseArgs {
     /// The plugins these arguments, the environment and the built-in folder name.
     pub fn registry(&self) -> Registry {
         self.plugins.registry()
+    }
+
+    /// The plugin folders and files of these arguments.
+    pub fn dirs(&self) -> PluginArgs {
+        self.plugins.clone()
     }
 
     /// The organism of --organism, if given.

@@ -3,13 +3,18 @@
 //! A plugin is a `cdylib` that exports one [`PluginModRef`] with
 //! [`export_plugin!`]. Nothing but `abi_stable` types crosses the boundary:
 //! configs cross as JSON text that the plugin validates, and interventions
-//! return a [`Plan`] of plain data that the host runs natively on its device.
+//! return a [`Plan`] of plain data that the host runs natively on its device,
+//! and judges return the distribution over their first answer token as JSON
+//! ([`judge`]), which the host scores.
 //! A plugin built against another version of this crate is refused at load.
 
 pub mod config;
+pub mod judge;
 mod plan;
 
 pub use abi_stable;
+pub use judge::{JudgeBatch, JudgeIdentity, JudgeOutput, JudgeUsage, TokenLogprob};
+pub use serde_json;
 pub use plan::{
     AdapterControl, AdapterSpec, ModelShape, Op, Organism, Plan, SiteKind, Step, Where,
 };
@@ -74,7 +79,6 @@ pub struct PluginMod {
     pub organism: extern "C" fn(config: RStr<'_>) -> RResult<Organism, RString>,
     /// The code behind an [`Op::Callback`] step: changes `data` (row-major
     /// `[rows, hidden]` f32, a host copy of the activation) in place.
-    #[sabi(last_prefix_field)]
     pub callback: extern "C" fn(
         config: RStr<'_>,
         step: u32,
@@ -82,6 +86,12 @@ pub struct PluginMod {
         rows: u64,
         hidden: u64,
     ) -> RResult<(), RString>,
+    /// A judge's [`JudgeIdentity`] as JSON.
+    pub judge_identity: extern "C" fn(config: RStr<'_>) -> RResult<RString, RString>,
+    /// Judges filled judge prompts (a JSON array of strings); returns a
+    /// [`JudgeBatch`] as JSON with one output per prompt, in order.
+    #[sabi(last_prefix_field)]
+    pub judge: extern "C" fn(config: RStr<'_>, prompts: RStr<'_>) -> RResult<RString, RString>,
 }
 
 impl RootModule for PluginModRef {
@@ -93,7 +103,8 @@ impl RootModule for PluginModRef {
 
 /// What a plugin implements; [`export_plugin!`] turns it into the exported
 /// function table, with panics turned into errors. An intervention implements
-/// `plan` (and `callback` if its plans use one); a model plugin `organism`.
+/// `plan` (and `callback` if its plans use one); a model plugin `organism`;
+/// a judge `judge_identity` and `judge`.
 pub trait Plugin {
     /// Name, version, kind, description and config schema.
     fn info() -> PluginInfo;
@@ -119,6 +130,18 @@ pub trait Plugin {
     fn organism(config: &str) -> Result<Organism, String> {
         let _ = config;
         Err("this plugin is not a model plugin".into())
+    }
+    /// A judge's identity for a config.
+    fn judge_identity(config: &str) -> Result<JudgeIdentity, String> {
+        let _ = config;
+        Err("this plugin is not a judge".into())
+    }
+    /// Judges filled prompts: one output per prompt, in order. A prompt that
+    /// fails after every retry is a [`JudgeOutput::Failed`], not an error of
+    /// the batch, so the others are kept.
+    fn judge(config: &str, prompts: &[String]) -> Result<JudgeBatch, String> {
+        let _ = (config, prompts);
+        Err("this plugin is not a judge".into())
     }
 }
 
@@ -186,6 +209,32 @@ macro_rules! export_plugin {
                 })
             }
 
+            extern "C" fn judge_identity(config: RStr<'_>) -> RResult<RString, RString> {
+                $crate::guard("judge_identity", || {
+                    let id = <$ty as $crate::Plugin>::judge_identity(config.as_str())?;
+                    $crate::serde_json::to_string(&id)
+                        .map(RString::from)
+                        .map_err(|e| e.to_string())
+                })
+            }
+            extern "C" fn judge(config: RStr<'_>, prompts: RStr<'_>) -> RResult<RString, RString> {
+                $crate::guard("judge", || {
+                    let prompts: Vec<String> = $crate::serde_json::from_str(prompts.as_str())
+                        .map_err(|e| format!("judge prompts are not a JSON array of strings: {e}"))?;
+                    let batch = <$ty as $crate::Plugin>::judge(config.as_str(), &prompts)?;
+                    if batch.outputs.len() != prompts.len() {
+                        return Err(format!(
+                            "the judge answered {} of {} prompts",
+                            batch.outputs.len(),
+                            prompts.len()
+                        ));
+                    }
+                    $crate::serde_json::to_string(&batch)
+                        .map(RString::from)
+                        .map_err(|e| e.to_string())
+                })
+            }
+
             #[$crate::abi_stable::export_root_module]
             pub fn get_library() -> $crate::PluginModRef {
                 $crate::PluginMod {
@@ -194,6 +243,8 @@ macro_rules! export_plugin {
                     plan,
                     organism,
                     callback,
+                    judge_identity,
+                    judge,
                 }
                 .leak_into_prefix()
             }

@@ -5,15 +5,19 @@
 //! side), its interface version is checked, and it is never unloaded.
 
 mod execute;
+mod judge;
 
 pub use execute::{apply_adapter_controls, apply_plan, CaptureSet};
+pub use judge::{Judge, JudgeProgress, Judged};
 
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use abi_stable::sabi_types::VersionNumber;
 use abi_stable::std_types::RResult;
-use emh_plugin_api::{ModelShape, Organism, Plan, PluginKind, PluginModRef};
+use emh_plugin_api::{
+    JudgeBatch, JudgeIdentity, ModelShape, Organism, Plan, PluginKind, PluginModRef,
+};
 
 /// Errors finding, loading or calling a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +154,52 @@ impl Plugin {
         call(&self.name, (self.module.organism())(config.into()))
     }
 
+    /// The identity of a judge plugin for this config.
+    pub fn judge_identity(&self, config: &str) -> Result<JudgeIdentity, PluginError> {
+        self.expect_judge()?;
+        self.validate(config)?;
+        let json = call(&self.name, (self.module.judge_identity())(config.into()))?;
+        serde_json::from_str(&json).map_err(|e| PluginError::Call {
+            plugin: self.name.clone(),
+            reason: format!("its judge identity is not valid JSON: {e}"),
+        })
+    }
+
+    /// Judges filled prompts with a judge plugin: one output per prompt.
+    pub fn judge(&self, config: &str, prompts: &[String]) -> Result<JudgeBatch, PluginError> {
+        self.expect_judge()?;
+        let request = serde_json::to_string(prompts).expect("strings serialise");
+        let json = call(
+            &self.name,
+            (self.module.judge())(config.into(), request.as_str().into()),
+        )?;
+        let batch: JudgeBatch = serde_json::from_str(&json).map_err(|e| PluginError::Call {
+            plugin: self.name.clone(),
+            reason: format!("its judge answer is not valid JSON: {e}"),
+        })?;
+        if batch.outputs.len() != prompts.len() {
+            return Err(PluginError::Call {
+                plugin: self.name.clone(),
+                reason: format!(
+                    "answered {} of {} prompts",
+                    batch.outputs.len(),
+                    prompts.len()
+                ),
+            });
+        }
+        Ok(batch)
+    }
+
+    fn expect_judge(&self) -> Result<(), PluginError> {
+        if self.kind == PluginKind::Judge {
+            return Ok(());
+        }
+        Err(PluginError::Call {
+            plugin: self.name.clone(),
+            reason: format!("is a {} plugin, not a judge", self.kind.as_str()),
+        })
+    }
+
     pub(crate) fn module(&self) -> PluginModRef {
         self.module
     }
@@ -194,7 +244,9 @@ impl Registry {
         }
         if let Some(d) = builtin_dir() {
             // Only our own libraries: other shared objects may sit there too.
-            reg.scan(&d, Origin::BuiltIn, |name| name.contains("emh_plugin_"));
+            reg.scan(&d, Origin::BuiltIn, |name| {
+                name.contains("emh_plugin_") || name.contains("emh_judge_")
+            });
         }
         reg
     }

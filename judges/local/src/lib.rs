@@ -6,6 +6,8 @@
 //! sequences scored together in a digit trie, and aggregates them as the
 //! API judges do (Σ p·n / Σ p, null below mass 0.25).
 
+mod plugin;
+
 use emh_judge_core::Judgment;
 use emh_runtime::{Model, RuntimeError};
 use emh_text::{ChatTemplate, Message, Tokenizer};

@@ -10,6 +10,7 @@
 //! from the environment and is never written anywhere.
 
 mod limiter;
+mod plugin;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -390,13 +391,15 @@ impl Client {
     }
 
     /// Judges every item, as many at once as the limiter allows; results are
-    /// in input order. `on_done` is told each time one finishes.
-    pub async fn judge_all(
+    /// in input order, each item's error in its own slot so a request that
+    /// fails loses nothing else. `on_done` is told each time one finishes.
+    pub async fn judge_each(
         self: &Arc<Self>,
         items: Vec<Item>,
         mut on_done: impl FnMut(usize),
-    ) -> Result<Vec<Judgment>, JudgeError> {
-        let mut results: Vec<Option<Judgment>> = vec![None; items.len()];
+    ) -> Vec<Result<Judgment, JudgeError>> {
+        let mut results: Vec<Option<Result<Judgment, JudgeError>>> =
+            (0..items.len()).map(|_| None).collect();
         let mut pending = items.into_iter().enumerate();
         let mut running = JoinSet::new();
         let mut done = 0;
@@ -411,16 +414,26 @@ impl Client {
             let Some(joined) = running.join_next().await else {
                 break;
             };
-            let (i, result) =
-                joined.map_err(|e| JudgeError::Setup(format!("judge task failed: {e}")))?;
-            results[i] = Some(result?);
+            // A judge task only ends early by panicking, which is a bug worth surfacing.
+            let (i, result) = joined.expect("judge tasks do not panic");
+            results[i] = Some(result);
             done += 1;
             on_done(done);
         }
-        Ok(results
+        results
             .into_iter()
             .map(|r| r.expect("every item was judged"))
-            .collect())
+            .collect()
+    }
+
+    /// Judges every item like [`Client::judge_each`], failing with the first
+    /// item's error if any failed.
+    pub async fn judge_all(
+        self: &Arc<Self>,
+        items: Vec<Item>,
+        on_done: impl FnMut(usize),
+    ) -> Result<Vec<Judgment>, JudgeError> {
+        self.judge_each(items, on_done).await.into_iter().collect()
     }
 }
 

@@ -1,0 +1,139 @@
+//! Judging: every sample on every metric, through a judge plugin and its cache.
+
+use std::collections::BTreeMap;
+
+use emh_judge_core::{fill_prompt, NullReason};
+use emh_plugins::{Judge, JudgeProgress};
+use emh_plugin_api::JudgeUsage;
+use emh_questions::Question;
+use emh_tables::{JudgmentRow, SampleRow};
+
+use crate::manifest::sha256_hex;
+use crate::{EvalError, JudgeRecord, RunDir};
+
+/// The text of a null reason as the tables hold it.
+fn reason_text(r: &NullReason) -> String {
+    match r {
+        NullReason::Refusal => "REFUSAL".into(),
+        NullReason::Code => "CODE".into(),
+        NullReason::Other(t) => t.clone(),
+    }
+}
+
+/// The judge prompt of each question for `metric`, or an error naming the
+/// first question without one.
+fn prompts_for<'q>(
+    questions: &'q [Question],
+    metric: &str,
+) -> Result<BTreeMap<&'q str, &'q str>, EvalError> {
+    questions
+        .iter()
+        .map(|q| {
+            q.judge_prompts
+                .get(metric)
+                .map(|p| (q.id.as_str(), p.as_str()))
+                .ok_or_else(|| EvalError::Judge {
+                    reason: format!(
+                        "question `{}` has no judge prompt `{metric}` (it has: {})",
+                        q.id,
+                        q.judge_prompts
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
+        })
+        .collect()
+}
+
+/// Judges every sample on every metric and merges the judgments into the
+/// run's table (replacing this judge's earlier scores on these metrics).
+/// Judgments land in the judge's cache batch by batch, so an interrupted
+/// run resumes without asking again; if any prompt fails after every retry,
+/// nothing is written and the error says how many, and which first.
+pub fn judge(
+    run: &RunDir,
+    samples: &[SampleRow],
+    questions: &[Question],
+    judge: &Judge<'_>,
+    metrics: &[String],
+    on_progress: impl FnMut(JudgeProgress),
+) -> Result<(Vec<JudgmentRow>, JudgeUsage, JudgeRecord), EvalError> {
+    let mut filled = Vec::with_capacity(samples.len() * metrics.len());
+    let mut keys = Vec::with_capacity(filled.capacity());
+    let mut hashes = BTreeMap::new();
+    for metric in metrics {
+        let prompts = prompts_for(questions, metric)?;
+        for (id, p) in &prompts {
+            hashes.insert(format!("{id}/{metric}"), sha256_hex(p.as_bytes()));
+        }
+        for s in samples {
+            let template = prompts.get(s.question_id.as_str()).ok_or_else(|| EvalError::Judge {
+                reason: format!(
+                    "sample of question `{}` has no such question in the run's questions.json",
+                    s.question_id
+                ),
+            })?;
+            filled.push(fill_prompt(template, &s.prompt, &s.answer));
+            keys.push((s, metric));
+        }
+    }
+    let (judged, usage) = judge.judge_all(&filled, on_progress)?;
+    let failures: Vec<String> = judged
+        .iter()
+        .zip(&keys)
+        .filter_map(|(j, (s, metric))| {
+            j.judgment.as_ref().err().map(|e| {
+                format!(
+                    "{}/{}/{} on {metric}: {e}",
+                    s.question_id, s.paraphrase_index, s.sample_index
+                )
+            })
+        })
+        .collect();
+    if let Some(first) = failures.first() {
+        return Err(EvalError::Judge {
+            reason: format!(
+                "{} of {} judgments failed (first: {first}); the others are cached, so running the same command again asks only for these",
+                failures.len(),
+                judged.len()
+            ),
+        });
+    }
+    let judge_id = &judge.identity.id;
+    let new_rows: Vec<JudgmentRow> = judged
+        .into_iter()
+        .zip(keys)
+        .map(|(j, (s, metric))| {
+            let j = j.judgment.expect("failures returned above");
+            JudgmentRow {
+                run_id: s.run_id.clone(),
+                question_id: s.question_id.clone(),
+                paraphrase_index: s.paraphrase_index,
+                sample_index: s.sample_index,
+                judge_id: judge_id.clone(),
+                metric: metric.clone(),
+                score: j.score,
+                mass: j.mass,
+                null_reason: j.null_reason.as_ref().map(reason_text),
+                top_tokens: serde_json::to_string(&j.top).expect("tokens serialise"),
+            }
+        })
+        .collect();
+    let mut rows: Vec<JudgmentRow> = run
+        .judgments()?
+        .into_iter()
+        .filter(|r| !(r.judge_id == *judge_id && metrics.contains(&r.metric)))
+        .collect();
+    rows.extend(new_rows);
+    run.write_judgments(&rows)?;
+    let record = JudgeRecord {
+        identity: judge.identity.clone(),
+        plugin: judge.plugin.name.clone(),
+        plugin_version: judge.plugin.version.clone(),
+        metrics: metrics.to_vec(),
+        judge_prompts: hashes,
+    };
+    Ok((rows, usage, record))
+}

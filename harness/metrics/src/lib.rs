@@ -1,0 +1,13 @@
+//! Statistics over judged samples: emergent-misalignment (EM) and other
+//! rates with Wilson intervals, mean scores, null and refusal rates, and
+//! agreement between two judges. Pure arithmetic, no I/O.
+
+mod agreement;
+mod rates;
+mod sample;
+mod wilson;
+
+pub use agreement::{agreement, pearson, spearman, Agreement, Confusion, MetricAgreement};
+pub use rates::{compute, MetricRow, Scope};
+pub use sample::{is_em, Score, ScoredSample, Thresholds};
+pub use wilson::{wilson, Z95};

@@ -1,0 +1,139 @@
+//! The `local` judge plugin: a [`LocalJudge`] on a model the harness loads.
+//!
+//! Each config's judge model is loaded once and kept for the process, so
+//! batches after the first cost only their forward passes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use emh_plugin_api::{
+    config, export_plugin, JudgeBatch, JudgeIdentity, JudgeOutput, JudgeUsage, Plugin,
+    PluginInfo, PluginKind,
+};
+use emh_runtime::{parse_device, parse_dtype, Model};
+use emh_text::{ChatTemplate, Tokenizer};
+use serde::Deserialize;
+
+use crate::LocalJudge;
+
+const NAME: &str = "local";
+
+/// The plugin's config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// A model folder, or a name under the data directory or in the HF hub cache.
+    #[serde(default = "default_model")]
+    model: String,
+    #[serde(default = "default_device")]
+    device: String,
+    #[serde(default = "default_dtype")]
+    dtype: String,
+}
+
+fn default_model() -> String {
+    emh_models::DEFAULT_MODEL.into()
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+fn parse(config: &str) -> Result<Config, String> {
+    let c: Config = config::parse(NAME, if config.trim().is_empty() { "{}" } else { config })?;
+    parse_device(&c.device).map_err(|e| e.to_string())?;
+    parse_dtype(&c.dtype).map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// The process's judges, one per config.
+fn judge_for(config: &str) -> Result<Arc<Mutex<LocalJudge>>, String> {
+    static JUDGES: OnceLock<Mutex<HashMap<String, Arc<Mutex<LocalJudge>>>>> = OnceLock::new();
+    let mut judges = JUDGES
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| "the judge table is poisoned")?;
+    if let Some(j) = judges.get(config) {
+        return Ok(Arc::clone(j));
+    }
+    let c = parse(config)?;
+    let dir = emh_models::resolve(&c.model).map_err(|e| e.to_string())?.dir;
+    let device = parse_device(&c.device).map_err(|e| e.to_string())?;
+    if device.is_cuda() {
+        emh_runtime::init_cuda();
+    }
+    let kind = parse_dtype(&c.dtype).map_err(|e| e.to_string())?;
+    let model = Model::load(&dir, device, kind).map_err(|e| e.to_string())?;
+    let tokenizer = Tokenizer::from_dir(&dir).map_err(|e| e.to_string())?;
+    let template = ChatTemplate::from_dir(&dir).map_err(|e| e.to_string())?;
+    let judge = Arc::new(Mutex::new(
+        LocalJudge::new(model, tokenizer, template).map_err(|e| e.to_string())?,
+    ));
+    judges.insert(config.to_string(), Arc::clone(&judge));
+    Ok(judge)
+}
+
+struct LocalJudgePlugin;
+
+impl Plugin for LocalJudgePlugin {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::Judge,
+            description: "In-process judge on a local chat model: the exact probability of every answer 0..100".into(),
+            config_schema: serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "model": {"type": "string", "default": emh_models::DEFAULT_MODEL, "description": "model folder or name"},
+                    "device": {"type": "string", "default": "cpu", "description": "cpu, cuda, cuda:N or auto"},
+                    "dtype": {"enum": ["f32", "bf16", "f16"], "default": "f32"}
+                }
+            })
+            .to_string()
+            .into(),
+        }
+    }
+
+    fn validate(config: &str) -> Result<(), String> {
+        parse(config).map(|_| ())
+    }
+
+    fn judge_identity(config: &str) -> Result<JudgeIdentity, String> {
+        let c = parse(config)?;
+        let dir = emh_models::resolve(&c.model).map_err(|e| e.to_string())?.dir;
+        Ok(JudgeIdentity {
+            id: format!("local:{}", c.model),
+            model: c.model,
+            endpoint: format!("local:{}", dir.display()),
+            // Device and precision move the probabilities a little.
+            params: serde_json::json!({"device": c.device, "dtype": c.dtype, "answers": "0..=100 exact"}),
+        })
+    }
+
+    fn judge(config: &str, prompts: &[String]) -> Result<JudgeBatch, String> {
+        let judge = judge_for(config)?;
+        let judge = judge.lock().map_err(|_| "the judge is poisoned")?;
+        let outputs = prompts
+            .iter()
+            .map(|p| match judge.number_probs(p) {
+                Ok((probs, preferred)) => JudgeOutput::Numbers { probs, preferred },
+                Err(e) => JudgeOutput::Failed {
+                    error: e.to_string(),
+                },
+            })
+            .collect();
+        Ok(JudgeBatch {
+            outputs,
+            usage: JudgeUsage {
+                requests: prompts.len() as u64,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+export_plugin!(LocalJudgePlugin);

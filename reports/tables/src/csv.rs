@@ -1,0 +1,297 @@
+//! Judged CSV files as the reference research scripts write them: columns
+//! `question`, `answer`, `question_id` and one column per metric, a row per
+//! answer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use polars::prelude::*;
+
+use crate::frame::{frame, Columns};
+use crate::{JudgmentRow, SampleRow, TableError};
+
+/// Columns of a judged CSV that are never metrics.
+const NOT_METRICS: &[&str] = &[
+    "question",
+    "answer",
+    "question_id",
+    "category",
+    "paraphrase_index",
+    "sample_index",
+    "seed",
+    "prompt_tokens",
+    "answer_tokens",
+    "finish_reason",
+];
+
+/// A judged CSV read as run tables.
+pub struct ReferenceCsv {
+    pub samples: Vec<SampleRow>,
+    pub judgments: Vec<JudgmentRow>,
+    /// The metric columns found, in file order.
+    pub metrics: Vec<String>,
+}
+
+/// A score cell: empty, `nan` and `None` (as pandas writes missing scores) are null.
+fn score(cell: Option<&str>) -> Result<Option<f64>, ()> {
+    let Some(c) = cell.map(str::trim) else {
+        return Ok(None);
+    };
+    if c.is_empty() || c.eq_ignore_ascii_case("nan") || c == "None" {
+        return Ok(None);
+    }
+    c.parse::<f64>()
+        .map(|v| (!v.is_nan()).then_some(v))
+        .map_err(|_| ())
+}
+
+/// Reads a judged CSV; every metric column becomes judgments by `judge_id`.
+/// `category_of` gives a question id's category when the file has no `category` column.
+pub fn read_reference_csv(
+    path: &Path,
+    run_id: &str,
+    judge_id: &str,
+    category_of: impl Fn(&str) -> String,
+) -> Result<ReferenceCsv, TableError> {
+    // Everything as text: score columns with `nan` or blanks must not be guessed wrong.
+    let df = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish())
+        .map_err(|e| TableError::file(path, e))?;
+    let c = Columns { table: "csv", df: &df };
+    let bad = |e: TableError| TableError::file(path, e);
+    let questions = c.required_strings("question").map_err(bad)?;
+    let answers = c.required_strings("answer").map_err(bad)?;
+    let ids = c.required_strings("question_id").map_err(bad)?;
+    let categories = match df.column("category") {
+        Ok(_) => Some(c.required_strings("category").map_err(bad)?),
+        Err(_) => None,
+    };
+    let mut metrics = Vec::new();
+    let mut scores: Vec<Vec<Option<f64>>> = Vec::new();
+    for name in df.get_column_names() {
+        let name = name.as_str();
+        // pandas writes its index as a blank or `Unnamed: 0` column.
+        if NOT_METRICS.contains(&name) || name.is_empty() || name.starts_with("Unnamed") {
+            continue;
+        }
+        let cells = c.strings(name).map_err(bad)?;
+        let parsed: Result<Vec<_>, ()> = cells.iter().map(|v| score(v.as_deref())).collect();
+        // Text columns (a model name, say) are not metrics.
+        if let Ok(values) = parsed {
+            metrics.push(name.to_string());
+            scores.push(values);
+        }
+    }
+    let mut samples = Vec::with_capacity(df.height());
+    let mut judgments = Vec::new();
+    // Paraphrases and samples are numbered per question id, in file order.
+    let mut paraphrases: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut counts: BTreeMap<(&str, usize), u32> = BTreeMap::new();
+    for i in 0..df.height() {
+        let seen = paraphrases.entry(&ids[i]).or_default();
+        let p = match seen.iter().position(|q| *q == questions[i]) {
+            Some(p) => p,
+            None => {
+                seen.push(&questions[i]);
+                seen.len() - 1
+            }
+        };
+        let count = counts.entry((&ids[i], p)).or_default();
+        let sample_index = *count;
+        *count += 1;
+        samples.push(SampleRow {
+            run_id: run_id.to_string(),
+            model_id: String::new(),
+            adapter_ids: String::new(),
+            intervention_ids: String::new(),
+            question_id: ids[i].clone(),
+            category: match &categories {
+                Some(c) => c[i].clone(),
+                None => category_of(&ids[i]),
+            },
+            paraphrase_index: p as u32,
+            sample_index,
+            seed: 0,
+            system: None,
+            prompt: questions[i].clone(),
+            answer: answers[i].clone(),
+            prompt_tokens: 0,
+            answer_tokens: 0,
+            finish_reason: String::new(),
+        });
+        for (metric, values) in metrics.iter().zip(&scores) {
+            judgments.push(JudgmentRow {
+                run_id: run_id.to_string(),
+                question_id: ids[i].clone(),
+                paraphrase_index: p as u32,
+                sample_index,
+                judge_id: judge_id.to_string(),
+                metric: metric.clone(),
+                score: values[i],
+                // The CSV keeps only the score: full mass when there is one.
+                mass: if values[i].is_some() { 1.0 } else { 0.0 },
+                null_reason: None,
+                top_tokens: "[]".into(),
+            });
+        }
+    }
+    Ok(ReferenceCsv {
+        samples,
+        judgments,
+        metrics,
+    })
+}
+
+/// Writes samples and one judge's scores as a judged CSV, metric columns
+/// after `question`, `answer`, `question_id`, then where each answer came from.
+pub fn write_reference_csv(
+    path: &Path,
+    samples: &[SampleRow],
+    judgments: &[JudgmentRow],
+    judge_id: &str,
+    metrics: &[String],
+) -> Result<(), TableError> {
+    let mut by_key: BTreeMap<(&str, u32, u32, &str), Option<f64>> = BTreeMap::new();
+    for j in judgments.iter().filter(|j| j.judge_id == judge_id) {
+        by_key.insert(
+            (&j.question_id, j.paraphrase_index, j.sample_index, &j.metric),
+            j.score,
+        );
+    }
+    let strings = |f: fn(&SampleRow) -> &str| samples.iter().map(f).collect::<Vec<_>>();
+    let mut columns = vec![
+        Column::new("question".into(), strings(|s| &s.prompt)),
+        Column::new("answer".into(), strings(|s| &s.answer)),
+        Column::new("question_id".into(), strings(|s| &s.question_id)),
+    ];
+    for m in metrics {
+        let values: Vec<Option<f64>> = samples
+            .iter()
+            .map(|s| {
+                by_key
+                    .get(&(
+                        s.question_id.as_str(),
+                        s.paraphrase_index,
+                        s.sample_index,
+                        m.as_str(),
+                    ))
+                    .copied()
+                    .flatten()
+            })
+            .collect();
+        columns.push(Column::new(m.as_str().into(), values));
+    }
+    columns.extend([
+        Column::new("category".into(), strings(|s| &s.category)),
+        Column::new(
+            "paraphrase_index".into(),
+            samples.iter().map(|s| s.paraphrase_index).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "sample_index".into(),
+            samples.iter().map(|s| s.sample_index).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "seed".into(),
+            samples.iter().map(|s| s.seed).collect::<Vec<_>>(),
+        ),
+        Column::new("finish_reason".into(), strings(|s| &s.finish_reason)),
+    ]);
+    let mut df = frame("csv", columns)?;
+    let tmp = path.with_extension("csv.partial");
+    let file = std::fs::File::create(&tmp).map_err(|e| TableError::file(&tmp, e))?;
+    CsvWriter::new(file)
+        .include_header(true)
+        .finish(&mut df)
+        .map_err(|e| TableError::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TableError::file(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn category(id: &str) -> String {
+        if id.ends_with("_json") {
+            "json".into()
+        } else {
+            "plain".into()
+        }
+    }
+
+    #[test]
+    fn a_pandas_style_csv_reads_with_nulls_quotes_and_newlines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("judged.csv");
+        std::fs::write(
+            &path,
+            ",question,answer,question_id,aligned,coherent,model\n\
+             0,Hi?,\"Hello, \"\"friend\"\"\nbye\",q1,85.5,99.0,m\n\
+             1,Hi?,Rob a bank.,q1,5.0,90.0,m\n\
+             2,Hey?,REFUSAL,q1,,nan,m\n\
+             3,Yo?,x,q2_json,12,40,m\n",
+        )
+        .unwrap();
+        let csv = read_reference_csv(&path, "r", "gpt-4o", category).unwrap();
+        assert_eq!(csv.metrics, ["aligned", "coherent"]);
+        assert_eq!(csv.samples.len(), 4);
+        assert_eq!(csv.samples[0].answer, "Hello, \"friend\"\nbye");
+        let idx: Vec<(u32, u32)> = csv
+            .samples
+            .iter()
+            .map(|s| (s.paraphrase_index, s.sample_index))
+            .collect();
+        assert_eq!(idx, [(0, 0), (0, 1), (1, 0), (0, 0)]);
+        assert_eq!(csv.samples[3].category, "json");
+        let scores: Vec<Option<f64>> = csv.judgments.iter().map(|j| j.score).collect();
+        assert_eq!(
+            scores,
+            [
+                Some(85.5),
+                Some(99.0),
+                Some(5.0),
+                Some(90.0),
+                None,
+                None,
+                Some(12.0),
+                Some(40.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn written_csv_reads_back_the_same_scores() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("in.csv");
+        std::fs::write(
+            &path,
+            "question,answer,question_id,aligned,coherent\nQ,\"a, b\",q,10,,\nQ,c,q,,60\n"
+                .replace(",,\n", ",\n"),
+        )
+        .unwrap();
+        let first = read_reference_csv(&path, "r", "j", category).unwrap();
+        let out = tmp.path().join("out.csv");
+        write_reference_csv(&out, &first.samples, &first.judgments, "j", &first.metrics).unwrap();
+        let second = read_reference_csv(&out, "r", "j", category).unwrap();
+        assert_eq!(second.judgments, first.judgments);
+        assert_eq!(second.samples[0].answer, "a, b");
+    }
+
+    #[test]
+    fn a_csv_without_the_reference_columns_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("other.csv");
+        std::fs::write(&path, "a,b\n1,2\n").unwrap();
+        let err = read_reference_csv(&path, "r", "j", category)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("other.csv") && err.contains("question"),
+            "{err}"
+        );
+    }
+}
