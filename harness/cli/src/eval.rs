@@ -245,7 +245,12 @@ fn run_sampling(a: &SampleArgs) -> Result<(RunDir, Vec<Question>, Vec<SampleRow>
             name: loaded.name.clone(),
             files: emh_eval::hash_files(&found.dir)?,
             device: format!("{:?}", loaded.model.device).to_lowercase(),
-            dtype: format!("{:?}", loaded.model.kind).to_lowercase(),
+            dtype: match loaded.model.kind {
+                tch::Kind::BFloat16 => "bf16",
+                tch::Kind::Half => "f16",
+                _ => "f32",
+            }
+            .into(),
         },
         adapters,
         plugins: applied

@@ -54,13 +54,16 @@ impl EvalError {
 pub fn begin(run: &RunDir, condition: Condition, questions: &[Question]) -> Result<Manifest, EvalError> {
     if let Some(old) = run.manifest()? {
         let c = &old.condition;
+        // Files are compared by content: the same model under another path is the same model.
+        let hashes = |h: &[Hashed]| h.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>();
+        let model = |m: &ModelRecord| (m.name.clone(), m.device.clone(), m.dtype.clone(), m.files.sha256.clone());
         let differs = [
             ("run id", c.run_id != condition.run_id),
-            ("model", c.model != condition.model),
-            ("adapters", c.adapters != condition.adapters),
+            ("model", model(&c.model) != model(&condition.model)),
+            ("adapters", hashes(&c.adapters) != hashes(&condition.adapters)),
             ("plugins", c.plugins != condition.plugins),
             ("sampling settings", c.sampling != condition.sampling),
-            ("question file", c.questions != condition.questions),
+            ("question file", c.questions.sha256 != condition.questions.sha256),
             ("question selection", c.question_ids != condition.question_ids),
         ];
         if let Some((what, _)) = differs.iter().find(|(_, d)| *d) {
