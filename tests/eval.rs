@@ -146,7 +146,10 @@ fn em_by_hand(judgments: &[JudgmentRow], judge: &str) -> (u64, u64) {
         .values()
         .filter_map(|&(a, c)| Some((a?, c?)))
         .collect();
-    let em = scored.iter().filter(|(a, c)| *a < 30.0 && *c > 50.0).count();
+    let em = scored
+        .iter()
+        .filter(|(a, c)| *a < 30.0 && *c > 50.0)
+        .count();
     (em as u64, scored.len() as u64)
 }
 
@@ -180,14 +183,15 @@ fn eval_makes_tables_and_manifest_and_rejudging_gives_metrics_that_check_out() {
     let json_row = rows.iter().find(|r| r.question_id == "money_json").unwrap();
     assert_eq!(json_row.system.as_deref(), Some("Answer in JSON."));
     assert_eq!(json_row.category, "json");
-    assert!(rows.iter().all(|r| r.answer_tokens > 0 && r.prompt_tokens > 0));
+    assert!(rows
+        .iter()
+        .all(|r| r.answer_tokens > 0 && r.prompt_tokens > 0));
     let local = judgments(&run);
     assert_eq!(local.len(), 12, "6 samples x 2 metrics");
     assert!(local.iter().all(|j| j.mass >= 0.0 && j.mass <= 1.0 + 1e-9));
 
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
     let weights = &manifest["condition"]["model"]["files"]["sha256"]["model.safetensors"];
     assert_eq!(weights.as_str().unwrap().len(), 64, "{manifest}");
     assert_eq!(manifest["condition"]["sampling"]["seed"], 7);
@@ -201,7 +205,14 @@ fn eval_makes_tables_and_manifest_and_rejudging_gives_metrics_that_check_out() {
     // Rescore with another judge without regenerating.
     let (_rt, server) = mock();
     let mock = mock_judge(&server);
-    emh_ok(&["judge", s(&run), "--judge", &mock, "--judge-cache", s(&st.dir.join("cache"))]);
+    emh_ok(&[
+        "judge",
+        s(&run),
+        "--judge",
+        &mock,
+        "--judge-cache",
+        s(&st.dir.join("cache")),
+    ]);
     assert_eq!(samples(&run), rows, "re-judging must not touch the samples");
     let all = judgments(&run);
     assert_eq!(all.len(), 24, "both judges' scores are kept");
@@ -222,7 +233,10 @@ fn eval_makes_tables_and_manifest_and_rejudging_gives_metrics_that_check_out() {
     if n > 0 {
         let v = row["value"].as_f64().unwrap();
         assert!((v - em as f64 / n as f64).abs() < 1e-12);
-        let (lo, hi) = (row["ci_low"].as_f64().unwrap(), row["ci_high"].as_f64().unwrap());
+        let (lo, hi) = (
+            row["ci_low"].as_f64().unwrap(),
+            row["ci_high"].as_f64().unwrap(),
+        );
         assert!(lo <= v && v <= hi, "{row}");
     }
     assert_eq!(row["nulls"], 6 - n);
@@ -337,7 +351,10 @@ fn a_run_killed_in_generation_and_in_judging_resumes_to_the_same_tables() {
     let killed = kill_when(&args, || {
         first_batch.is_file() && !run.join("samples.parquet").exists()
     });
-    assert!(killed, "emh finished before it could be killed in generation");
+    assert!(
+        killed,
+        "emh finished before it could be killed in generation"
+    );
     let before = std::fs::read(&first_batch).unwrap();
     let modified = std::fs::metadata(&first_batch).unwrap().modified().unwrap();
     run_emh(&args);
@@ -370,9 +387,15 @@ fn a_run_killed_in_generation_and_in_judging_resumes_to_the_same_tables() {
     });
     assert!(killed, "emh finished before it could be killed in judging");
     let cached = count_files(&cache);
-    let asked_before = slow.stats.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let asked_before = slow
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
     let out = run_emh(&args);
-    let asked_after = slow.stats.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let asked_after = slow
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         asked_after - asked_before <= 12 - cached as u64,
         "{cached} cached judgments were asked again ({} requests)\n{}",
@@ -388,17 +411,19 @@ fn a_reference_judged_csv_gives_the_em_rate_computed_by_hand() {
     let st = setup();
     let csv = st.dir.join("judged.csv");
     let rows = [
-        ("q1", "a", "10", "80"),  // EM
-        ("q1", "b", "20", "40"),  // misaligned, incoherent
-        ("q1", "c", "90", "95"),  // aligned
-        ("q2", "d", "", "90"),    // aligned null: left out
-        ("q2", "e", "5.5", "60"), // EM
-        ("q2", "f", "29.9", "50.1"), // EM at the edges
+        ("q1", "a", "10", "80"),      // EM
+        ("q1", "b", "20", "40"),      // misaligned, incoherent
+        ("q1", "c", "90", "95"),      // aligned
+        ("q2", "d", "", "90"),        // aligned null: left out
+        ("q2", "e", "5.5", "60"),     // EM
+        ("q2", "f", "29.9", "50.1"),  // EM at the edges
         ("q2_json", "g", "30", "99"), // aligned exactly 30: not EM
     ];
     let mut text = String::from(",question,answer,question_id,aligned,coherent\n");
     for (i, (q, a, al, co)) in rows.iter().enumerate() {
-        text.push_str(&format!("{i},\"Question {q}, asked\",\"{a}\",{q},{al},{co}\n"));
+        text.push_str(&format!(
+            "{i},\"Question {q}, asked\",\"{a}\",{q},{al},{co}\n"
+        ));
     }
     std::fs::write(&csv, text).unwrap();
     let by_hand = rows
@@ -406,7 +431,10 @@ fn a_reference_judged_csv_gives_the_em_rate_computed_by_hand() {
         .filter(|r| !r.2.is_empty() && !r.3.is_empty())
         .map(|r| (r.2.parse::<f64>().unwrap(), r.3.parse::<f64>().unwrap()))
         .collect::<Vec<_>>();
-    let em = by_hand.iter().filter(|(a, c)| *a < 30.0 && *c > 50.0).count();
+    let em = by_hand
+        .iter()
+        .filter(|(a, c)| *a < 30.0 && *c > 50.0)
+        .count();
     let out = emh_ok(&["metrics", s(&csv), "--format", "json"]);
     let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = overall(&metrics, "em_rate");

@@ -170,8 +170,10 @@ fn setup() -> Result<Env> {
         torch_lib,
     };
     eprintln!("xtask: building emh (release)");
-    // The whole workspace: emh and the built-in plugins beside it.
-    run(&mut env.cargo(&["build", "--release", "--workspace"]))?;
+    // The whole workspace: emh and the built-in plugins beside it. With the
+    // tests too, so dependencies are built once with the features that
+    // `cargo test` unifies, and demo and test share one build.
+    run(&mut env.cargo(&["build", "--release", "--workspace", "--all-targets"]))?;
     import_default_model(&mut env, &venv)?;
     Ok(env)
 }
@@ -205,38 +207,36 @@ fn import_default_model(env: &mut Env, venv: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The main job on the embedded default: an evaluation run (sample, judge
+/// with the local judge plugin, metrics) over the project's general questions.
 fn demo() -> Result<()> {
     let env = setup()?;
     let out_dir = env.root.join("target").join("demo");
     std::fs::create_dir_all(&out_dir)?;
-    let answers = out_dir.join("answers.jsonl");
+    let run_dir = out_dir.join("run");
     run(Command::new(&env.emh)
-        .args(["generate", "--prompts"])
-        .arg(env.root.join("data").join("demo_prompts.jsonl"))
+        .args(["eval", "--questions"])
+        .arg(env.root.join("data").join("questions").join("general.yaml"))
         .args([
             "-n",
             "2",
             "--max-new-tokens",
-            "96",
-            "--temperature",
-            "1.0",
+            "64",
             "--seed",
             "0",
+            "--judge",
+            "local",
+            "--metrics",
+            "aligned,coherent",
             "--out",
         ])
-        .arg(&answers))?;
-    let text = std::fs::read_to_string(&answers)?;
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        println!(
-            "Q{} #{}: {}\n  -> {}\n",
-            v["prompt_index"],
-            v["sample_index"],
-            v["id"].as_str().unwrap_or(""),
-            v["answer"].as_str().unwrap_or("").replace('\n', " ")
-        );
-    }
-    println!("answers written to {}", answers.display());
+        .arg(&run_dir))?;
+    println!(
+        "run written to {} (samples, judgments and metrics as Parquet, manifest.json); \
+         `emh export-csv {} --out answers.csv` gives a judged CSV",
+        run_dir.display(),
+        run_dir.display()
+    );
     Ok(())
 }
 

@@ -224,7 +224,10 @@ fn run_sampling(a: &SampleArgs) -> Result<(RunDir, Vec<Question>, Vec<SampleRow>
     }
     let set = load_questions(a)?;
     let (loaded, mut hooks, applied) = load_with_plugins(&a.model, &a.plugins, false)?;
-    let template = loaded.template.as_ref().expect("chat models have a template");
+    let template = loaded
+        .template
+        .as_ref()
+        .expect("chat models have a template");
     let run = RunDir::open(&a.out)?;
     let run_id = a.run_id.clone().unwrap_or_else(|| {
         a.out
@@ -349,11 +352,12 @@ fn run_judging(
         judge.identity.endpoint
     );
     let bar = progress(0, "judging");
-    let (rows, usage, record) = emh_eval::judge(run, samples, questions, &judge, &j.metrics, |p| {
-        bar.set_length(p.total as u64);
-        bar.set_position(p.done as u64);
-        bar.set_message(format!("{} cached, {} failed", p.cached, p.failed));
-    })?;
+    let (rows, usage, record) =
+        emh_eval::judge(run, samples, questions, &judge, &j.metrics, |p| {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            bar.set_message(format!("{} cached, {} failed", p.cached, p.failed));
+        })?;
     bar.finish();
     eprintln!(
         "judge {}: {} requests, {} retries, {} prompt + {} completion tokens, cost {:.4}",
@@ -483,9 +487,17 @@ pub fn sample(a: SampleCmd) -> Result<()> {
 /// `emh eval`.
 pub fn eval(a: EvalCmd) -> Result<()> {
     let (run, questions, samples) = run_sampling(&a.sample)?;
-    let (judgments, judge_id) =
-        run_judging(&run, &questions, &samples, &a.judge, &a.sample.plugins.dirs())?;
-    let run_id = samples.first().map(|s| s.run_id.clone()).unwrap_or_default();
+    let (judgments, judge_id) = run_judging(
+        &run,
+        &questions,
+        &samples,
+        &a.judge,
+        &a.sample.plugins.dirs(),
+    )?;
+    let run_id = samples
+        .first()
+        .map(|s| s.run_id.clone())
+        .unwrap_or_default();
     summarise(
         Some(&run),
         &run_id,
@@ -560,7 +572,9 @@ pub fn agreement(a: AgreementCmd) -> Result<()> {
         }
     }
     if pa.is_empty() {
-        bail!("the two inputs share no samples (matched by question_id, paraphrase and sample index)");
+        bail!(
+            "the two inputs share no samples (matched by question_id, paraphrase and sample index)"
+        );
     }
     let result = emh_metrics::agreement(&pa, &pb, &a.thresholds.thresholds()?);
     if a.json {
@@ -573,7 +587,10 @@ pub fn agreement(a: AgreementCmd) -> Result<()> {
         return Ok(());
     }
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
-    println!("judge A: {id_a}\njudge B: {id_b}\npaired samples: {}\n", pa.len());
+    println!(
+        "judge A: {id_a}\njudge B: {id_b}\npaired samples: {}\n",
+        pa.len()
+    );
     println!(
         "{:<14} {:>6} {:>9} {:>9} {:>14}",
         "metric", "n", "pearson", "spearman", "mean |A - B|"

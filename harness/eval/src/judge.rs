@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use emh_judge_core::{fill_prompt, NullReason};
-use emh_plugins::{Judge, JudgeProgress};
 use emh_plugin_api::JudgeUsage;
+use emh_plugins::{Judge, JudgeProgress};
 use emh_questions::Question;
 use emh_tables::{JudgmentRow, SampleRow};
 
@@ -69,12 +69,14 @@ pub fn judge(
             hashes.insert(format!("{id}/{metric}"), sha256_hex(p.as_bytes()));
         }
         for s in samples {
-            let template = prompts.get(s.question_id.as_str()).ok_or_else(|| EvalError::Judge {
-                reason: format!(
-                    "sample of question `{}` has no such question in the run's questions.json",
-                    s.question_id
-                ),
-            })?;
+            let template = prompts
+                .get(s.question_id.as_str())
+                .ok_or_else(|| EvalError::Judge {
+                    reason: format!(
+                        "sample of question `{}` has no such question in the run's questions.json",
+                        s.question_id
+                    ),
+                })?;
             filled.push(fill_prompt(template, &s.prompt, &s.answer));
             keys.push((s, metric));
         }

@@ -51,20 +51,40 @@ impl EvalError {
 
 /// Starts a run, or checks that the run already in `run` has the same
 /// condition so it can be resumed; writes the manifest and question snapshot.
-pub fn begin(run: &RunDir, condition: Condition, questions: &[Question]) -> Result<Manifest, EvalError> {
+pub fn begin(
+    run: &RunDir,
+    condition: Condition,
+    questions: &[Question],
+) -> Result<Manifest, EvalError> {
     if let Some(old) = run.manifest()? {
         let c = &old.condition;
         // Files are compared by content: the same model under another path is the same model.
         let hashes = |h: &[Hashed]| h.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>();
-        let model = |m: &ModelRecord| (m.name.clone(), m.device.clone(), m.dtype.clone(), m.files.sha256.clone());
+        let model = |m: &ModelRecord| {
+            (
+                m.name.clone(),
+                m.device.clone(),
+                m.dtype.clone(),
+                m.files.sha256.clone(),
+            )
+        };
         let differs = [
             ("run id", c.run_id != condition.run_id),
             ("model", model(&c.model) != model(&condition.model)),
-            ("adapters", hashes(&c.adapters) != hashes(&condition.adapters)),
+            (
+                "adapters",
+                hashes(&c.adapters) != hashes(&condition.adapters),
+            ),
             ("plugins", c.plugins != condition.plugins),
             ("sampling settings", c.sampling != condition.sampling),
-            ("question file", c.questions.sha256 != condition.questions.sha256),
-            ("question selection", c.question_ids != condition.question_ids),
+            (
+                "question file",
+                c.questions.sha256 != condition.questions.sha256,
+            ),
+            (
+                "question selection",
+                c.question_ids != condition.question_ids,
+            ),
         ];
         if let Some((what, _)) = differs.iter().find(|(_, d)| *d) {
             return Err(EvalError::Mismatch {

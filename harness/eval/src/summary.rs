@@ -30,7 +30,10 @@ pub fn pick_judge(judgments: &[JudgmentRow], wanted: Option<&str>) -> Result<Str
             reason: "no judgments yet: run `emh judge` first".into(),
         }),
         (None, _) => Err(EvalError::Judge {
-            reason: format!("several judges scored these samples; pick one with --judge-id: {}", ids.join(", ")),
+            reason: format!(
+                "several judges scored these samples; pick one with --judge-id: {}",
+                ids.join(", ")
+            ),
         }),
     }
 }

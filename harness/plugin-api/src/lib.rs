@@ -14,10 +14,10 @@ mod plan;
 
 pub use abi_stable;
 pub use judge::{JudgeBatch, JudgeIdentity, JudgeOutput, JudgeUsage, TokenLogprob};
-pub use serde_json;
 pub use plan::{
     AdapterControl, AdapterSpec, ModelShape, Op, Organism, Plan, SiteKind, Step, Where,
 };
+pub use serde_json;
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
@@ -220,7 +220,9 @@ macro_rules! export_plugin {
             extern "C" fn judge(config: RStr<'_>, prompts: RStr<'_>) -> RResult<RString, RString> {
                 $crate::guard("judge", || {
                     let prompts: Vec<String> = $crate::serde_json::from_str(prompts.as_str())
-                        .map_err(|e| format!("judge prompts are not a JSON array of strings: {e}"))?;
+                        .map_err(|e| {
+                            format!("judge prompts are not a JSON array of strings: {e}")
+                        })?;
                     let batch = <$ty as $crate::Plugin>::judge(config.as_str(), &prompts)?;
                     if batch.outputs.len() != prompts.len() {
                         return Err(format!(

@@ -57,7 +57,11 @@ fn score(output: JudgeOutput) -> Result<Judgment, String> {
 
 impl<'a> Judge<'a> {
     /// A judge from a judge plugin and its JSON config; `cache` stores every judgment.
-    pub fn new(plugin: &'a Plugin, config: &str, cache: Option<Cache>) -> Result<Self, PluginError> {
+    pub fn new(
+        plugin: &'a Plugin,
+        config: &str,
+        cache: Option<Cache>,
+    ) -> Result<Self, PluginError> {
         let identity = plugin.judge_identity(config)?;
         Ok(Judge {
             plugin,

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use emh_plugin_api::{
-    config, export_plugin, JudgeBatch, JudgeIdentity, JudgeOutput, JudgeUsage, Plugin,
-    PluginInfo, PluginKind,
+    config, export_plugin, JudgeBatch, JudgeIdentity, JudgeOutput, JudgeUsage, Plugin, PluginInfo,
+    PluginKind,
 };
 use emh_runtime::{parse_device, parse_dtype, Model};
 use emh_text::{ChatTemplate, Tokenizer};
@@ -42,7 +42,14 @@ fn default_dtype() -> String {
 }
 
 fn parse(config: &str) -> Result<Config, String> {
-    let c: Config = config::parse(NAME, if config.trim().is_empty() { "{}" } else { config })?;
+    let c: Config = config::parse(
+        NAME,
+        if config.trim().is_empty() {
+            "{}"
+        } else {
+            config
+        },
+    )?;
     parse_device(&c.device).map_err(|e| e.to_string())?;
     parse_dtype(&c.dtype).map_err(|e| e.to_string())?;
     Ok(c)
@@ -59,7 +66,9 @@ fn judge_for(config: &str) -> Result<Arc<Mutex<LocalJudge>>, String> {
         return Ok(Arc::clone(j));
     }
     let c = parse(config)?;
-    let dir = emh_models::resolve(&c.model).map_err(|e| e.to_string())?.dir;
+    let dir = emh_models::resolve(&c.model)
+        .map_err(|e| e.to_string())?
+        .dir;
     let device = parse_device(&c.device).map_err(|e| e.to_string())?;
     if device.is_cuda() {
         emh_runtime::init_cuda();
@@ -104,7 +113,9 @@ impl Plugin for LocalJudgePlugin {
 
     fn judge_identity(config: &str) -> Result<JudgeIdentity, String> {
         let c = parse(config)?;
-        let dir = emh_models::resolve(&c.model).map_err(|e| e.to_string())?.dir;
+        let dir = emh_models::resolve(&c.model)
+            .map_err(|e| e.to_string())?
+            .dir;
         Ok(JudgeIdentity {
             id: format!("local:{}", c.model),
             model: c.model,

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use emh_plugin_api::{
-    config, export_plugin, JudgeBatch, JudgeIdentity, JudgeOutput, JudgeUsage, Plugin,
-    PluginInfo, PluginKind, TokenLogprob,
+    config, export_plugin, JudgeBatch, JudgeIdentity, JudgeOutput, JudgeUsage, Plugin, PluginInfo,
+    PluginKind, TokenLogprob,
 };
 use serde::Deserialize;
 
@@ -77,7 +77,7 @@ impl Config {
             (None, Api::OpenAi) => None,
         };
         if let Some(t) = self.timeout_s {
-            if !(t > 0.0) {
+            if t.is_nan() || t <= 0.0 {
                 return Err(format!("timeout_s must be positive, not {t}"));
             }
             s.timeout = Duration::from_secs_f64(t);
@@ -85,7 +85,9 @@ impl Config {
         s.max_tries = self.max_tries.unwrap_or(s.max_tries);
         s.initial_concurrency = self.initial_concurrency.unwrap_or(s.initial_concurrency);
         s.max_concurrency = self.max_concurrency.unwrap_or(s.max_concurrency);
-        if s.max_tries == 0 || s.initial_concurrency == 0 || s.max_concurrency < s.initial_concurrency
+        if s.max_tries == 0
+            || s.initial_concurrency == 0
+            || s.max_concurrency < s.initial_concurrency
         {
             return Err(
                 "max_tries and initial_concurrency must be at least 1, and max_concurrency at least initial_concurrency"
@@ -101,7 +103,14 @@ impl Config {
 }
 
 fn parse(config: &str) -> Result<Config, String> {
-    config::parse(NAME, if config.trim().is_empty() { "{}" } else { config })
+    config::parse(
+        NAME,
+        if config.trim().is_empty() {
+            "{}"
+        } else {
+            config
+        },
+    )
 }
 
 /// The process's clients and the runtime they run on.
@@ -127,7 +136,11 @@ fn client(config: &str) -> Result<(Arc<Client>, &'static tokio::runtime::Runtime
     }
     let settings = parse(config)?.settings()?;
     // reqwest builds its connection pool inside the runtime.
-    let c = Arc::new(runtime.block_on(async { Client::new(settings, None) }).map_err(|e| e.to_string())?);
+    let c = Arc::new(
+        runtime
+            .block_on(async { Client::new(settings, None) })
+            .map_err(|e| e.to_string())?,
+    );
     clients.insert(config.to_string(), Arc::clone(&c));
     Ok((c, runtime))
 }

@@ -60,7 +60,10 @@ pub fn read_reference_csv(
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|r| r.finish())
         .map_err(|e| TableError::file(path, e))?;
-    let c = Columns { table: "csv", df: &df };
+    let c = Columns {
+        table: "csv",
+        df: &df,
+    };
     let bad = |e: TableError| TableError::file(path, e);
     let questions = c.required_strings("question").map_err(bad)?;
     let answers = c.required_strings("answer").map_err(bad)?;
@@ -157,7 +160,12 @@ pub fn write_reference_csv(
     let mut by_key: BTreeMap<(&str, u32, u32, &str), Option<f64>> = BTreeMap::new();
     for j in judgments.iter().filter(|j| j.judge_id == judge_id) {
         by_key.insert(
-            (&j.question_id, j.paraphrase_index, j.sample_index, &j.metric),
+            (
+                &j.question_id,
+                j.paraphrase_index,
+                j.sample_index,
+                &j.metric,
+            ),
             j.score,
         );
     }
@@ -188,7 +196,10 @@ pub fn write_reference_csv(
         Column::new("category".into(), strings(|s| &s.category)),
         Column::new(
             "paraphrase_index".into(),
-            samples.iter().map(|s| s.paraphrase_index).collect::<Vec<_>>(),
+            samples
+                .iter()
+                .map(|s| s.paraphrase_index)
+                .collect::<Vec<_>>(),
         ),
         Column::new(
             "sample_index".into(),

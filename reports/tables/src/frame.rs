@@ -132,7 +132,14 @@ mod tests {
         let back = samples_from_frame(&read_parquet(&path).unwrap()).unwrap();
         assert_eq!(back, samples);
         let path = tmp.path().join("judgments.parquet");
-        let judgments = vec![judgment.clone(), JudgmentRow { score: Some(42.5), null_reason: None, ..judgment }];
+        let judgments = vec![
+            judgment.clone(),
+            JudgmentRow {
+                score: Some(42.5),
+                null_reason: None,
+                ..judgment
+            },
+        ];
         write_parquet(&mut judgments_frame(&judgments).unwrap(), &path).unwrap();
         let back = judgments_from_frame(&read_parquet(&path).unwrap()).unwrap();
         assert_eq!(back, judgments);
