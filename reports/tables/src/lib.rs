@@ -2,8 +2,8 @@
 //! `metrics`, persisted as Parquet (written whole or not at all), and the
 //! judged-CSV format of the reference research scripts.
 //!
-//! The schema of every table is documented on its row type; `docs/tables.md`
-//! in the repository lists it too.
+//! The schema of every table is documented on its row type and in the
+//! README's table of run tables.
 
 mod csv;
 mod frame;
