@@ -255,3 +255,76 @@ pub fn judge(root: &std::path::Path) -> Result<()> {
     )?;
     write_section(root, header, &section)
 }
+
+/// Judgments per second of the local judge plugin on CPU with the default
+/// model, through `emh judge` on a run of the project's general questions;
+/// again with every judgment cached, as a re-run costs.
+pub fn local_judge(env: &Env) -> Result<()> {
+    use std::time::Instant;
+
+    let dir = env.root.join("target").join("bench").join("local-judge");
+    let run = dir.join("run");
+    let cache = dir.join("cache");
+    let questions = env.root.join("data").join("questions").join("general.yaml");
+    let out = Command::new(&env.emh)
+        .args(["sample", "--device", "cpu", "--questions"])
+        .arg(&questions)
+        .args(["-n", "2", "--max-new-tokens", "64", "--seed", "0", "--out"])
+        .arg(&run)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "emh sample failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if cache.exists() {
+        std::fs::remove_dir_all(&cache)?;
+    }
+    let judge = |what: &str| -> Result<f64> {
+        let start = Instant::now();
+        let out = Command::new(&env.emh)
+            .arg("judge")
+            .arg(&run)
+            .args([
+                "--judge",
+                "local",
+                "--metrics",
+                "aligned,coherent",
+                "--judge-cache",
+            ])
+            .arg(&cache)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "emh judge ({what}) failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    // 16 paraphrases x 2 samples x 2 metrics.
+    let judgments = 64.0;
+    let fresh = judge("fresh")?;
+    let cached = judge("cached")?;
+    let header = "## judge: local judge plugin on CPU";
+    let mut section = String::new();
+    writeln!(section, "{header}\n")?;
+    writeln!(section, "- command: `cargo xtask bench local-judge`")?;
+    writeln!(section, "- machine: {}", machine())?;
+    writeln!(section, "- date: {}", today())?;
+    writeln!(section, "- workload: `emh judge` with `--judge local` (SmolLM2-135M-Instruct, f32, CPU) on 32 answers of `data/questions/general.yaml` (2 per paraphrase, 64 new tokens) for `aligned` and `coherent`, with the standard research judge prompts: 64 judgments, each the exact probability of all 101 answers; wall time of the whole command, loading the judge model included\n")?;
+    writeln!(section, "| run | seconds | judgments/s |")?;
+    writeln!(section, "|---|---:|---:|")?;
+    writeln!(
+        section,
+        "| fresh cache | {fresh:.1} | {:.2} |",
+        judgments / fresh
+    )?;
+    writeln!(
+        section,
+        "| re-run, all cached | {cached:.1} | {:.1} |",
+        judgments / cached
+    )?;
+    write_section(&env.root, header, &section)
+}

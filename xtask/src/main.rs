@@ -33,10 +33,11 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   setup            venv with torch 2.11.0 + transformers, build emh, import the default model
-  demo             set up, then answer a few questions with the default model
+  demo             set up, then evaluate the default model (sample, local judge, metrics)
   test             set up, then run every test (parity with HF transformers included)
   bench generate   tokens/s of emh beside HF transformers generate, written to BENCHMARKS.md
   bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
+  bench local-judge  judgments/s of the local judge plugin on CPU (and with every judgment cached)
 
 environment:
   LIBTORCH         use this libtorch instead of the venv's PyTorch
@@ -51,6 +52,7 @@ fn main() -> Result<()> {
         ["test", rest @ ..] => test(rest),
         ["bench", "generate", rest @ ..] => bench::generate(&setup()?, rest),
         ["bench", "judge"] => bench::judge(&root()),
+        ["bench", "local-judge"] => bench::local_judge(&setup()?),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)

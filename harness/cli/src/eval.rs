@@ -106,7 +106,8 @@ pub struct ThresholdArgs {
 }
 
 impl ThresholdArgs {
-    fn thresholds(&self) -> Result<Thresholds> {
+    /// The thresholds these options set.
+    pub(crate) fn thresholds(&self) -> Result<Thresholds> {
         let mut per_metric = BTreeMap::new();
         for spec in &self.per_metric {
             let (m, v) = spec

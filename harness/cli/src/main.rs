@@ -2,6 +2,7 @@
 
 mod commands;
 mod eval;
+mod experiment;
 mod plugins;
 mod prompts;
 
@@ -35,6 +36,33 @@ enum Command {
     Eval(eval::EvalCmd),
     /// Sample answers to a question set into a run directory (resumable).
     Sample(eval::SampleCmd),
+    /// Evaluate every model x intervention of a TOML experiment file, each in
+    /// its own run directory, and summarise.
+    ///
+    /// The file sets what `emh eval` takes (questions, out, select,
+    /// no_variants, n, max_new_tokens, temperature, top_p, seed, batch_size,
+    /// device, dtype, judge, metrics, judge_cache) and lists [[models]] (name,
+    /// model, adapters, organism) and [[interventions]] (name, plugins: a list
+    /// of NAME=CONFIG). Paths are relative to the file, except @file configs of
+    /// plugins, which are relative to the working directory. Run OUT/<model>__<intervention>
+    /// is resumed like any `emh eval` run. Example:
+    ///
+    ///   questions = "questions/general.yaml"
+    ///   out = "runs/ablation"
+    ///   n = 50
+    ///   judge = "openai"
+    ///   metrics = ["aligned", "coherent"]
+    ///   [[models]]
+    ///   name = "medical-r1"
+    ///   model = "Qwen/Qwen2.5-14B-Instruct"
+    ///   adapters = ["organisms/medical-r1"]
+    ///   [[interventions]]
+    ///   name = "none"
+    ///   [[interventions]]
+    ///   name = "ablated"
+    ///   plugins = ['mean-diff-ablation={"directions": "dirs.safetensors"}']
+    #[command(verbatim_doc_comment)]
+    Experiment(experiment::ExperimentCmd),
     /// Judge (or re-judge with another judge) the samples of a run directory.
     Judge(eval::JudgeCmd),
     /// EM, misalignment, coherence, self-correction and other rates with
@@ -87,6 +115,7 @@ fn main() {
         Command::Models => commands::models(),
         Command::Eval(a) => eval::eval(a),
         Command::Sample(a) => eval::sample(a),
+        Command::Experiment(a) => experiment::run(a),
         Command::Judge(a) => eval::judge(a),
         Command::Metrics(a) => eval::metrics(a),
         Command::JudgeAgreement(a) => eval::agreement(a),
