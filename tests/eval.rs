@@ -507,3 +507,51 @@ plugins = ['steering=@{steer}']
         ""
     );
 }
+
+#[test]
+fn judging_through_the_openai_plugin_loses_nothing_under_injected_faults() {
+    let st = setup();
+    let run = st.dir.join("run");
+    let mut args = eval_args(&st, &run, &[]);
+    args[0] = "sample".into();
+    for opt in ["--judge-batch", "--judge-cache"] {
+        let i = args.iter().position(|x| x == opt).unwrap();
+        args.drain(i..i + 2);
+    }
+    run_emh(&args);
+    let (rt, clean) = mock();
+    let faulty = rt
+        .block_on(MockServer::start(MockConfig {
+            fault_rate: 0.2,
+            slow: Duration::from_secs(3),
+            seed: 5,
+            ..Default::default()
+        }))
+        .unwrap();
+    let judge_with = |server: &MockServer, cache: &str| {
+        let config = serde_json::json!({
+            "model": "mock-judge", "base_url": server.url(), "timeout_s": 0.5, "max_tries": 12
+        });
+        emh_ok(&[
+            "judge",
+            s(&run),
+            "--judge",
+            &format!("openai={config}"),
+            "--judge-cache",
+            s(&st.dir.join(cache)),
+        ]);
+        judgments(&run)
+    };
+    let expected = judge_with(&clean, "clean-cache");
+    let got = judge_with(&faulty, "faulty-cache");
+    assert!(
+        faulty
+            .stats
+            .faults
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0,
+        "no fault was injected"
+    );
+    assert_eq!(got.len(), 12);
+    assert_eq!(got, expected);
+}
