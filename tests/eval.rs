@@ -555,3 +555,30 @@ fn judging_through_the_openai_plugin_loses_nothing_under_injected_faults() {
     assert_eq!(got.len(), 12);
     assert_eq!(got, expected);
 }
+
+#[test]
+fn a_judge_that_cannot_start_fails_before_any_sampling() {
+    let st = setup();
+    let run = st.dir.join("run");
+    let args = eval_args(&st, &run, &["--judge", "openai"]);
+    let out = Command::new(emh_bin())
+        .args(&args)
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("OPENAI_API_KEY is not set"), "{err}");
+    assert!(!run.join("samples.parquet").exists());
+
+    let judge = local_judge();
+    let args = eval_args(
+        &st,
+        &run,
+        &["--judge", &judge, "--metrics", "aligned,medical"],
+    );
+    let out = emh(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no judge prompt `medical`"), "{err}");
+}

@@ -11,7 +11,7 @@ use emh_eval::{
 };
 use emh_judge_core::Cache;
 use emh_metrics::{MetricRow, Thresholds};
-use emh_plugins::Judge;
+use emh_plugins::{Judge, Registry};
 use emh_questions::{Question, QuestionSet};
 use emh_tables::{JudgmentRow, SampleRow};
 
@@ -325,14 +325,8 @@ fn run_sampling(a: &SampleArgs) -> Result<(RunDir, Vec<Question>, Vec<SampleRow>
 }
 
 /// Judges a run's samples with the judge of `j`; records it in the manifest.
-fn run_judging(
-    run: &RunDir,
-    questions: &[Question],
-    samples: &[SampleRow],
-    j: &JudgeUseArgs,
-    plugins: &PluginArgs,
-) -> Result<(Vec<JudgmentRow>, String)> {
-    let registry = plugins.registry();
+/// The judge of `j` from the plugins `registry` found, with its cache.
+fn open_judge<'r>(registry: &'r Registry, j: &JudgeUseArgs) -> Result<Judge<'r>> {
     let (name, config) = match j.judge.split_once('=') {
         Some(_) => name_and_config(&j.judge, "judge")?,
         None => (j.judge.as_str(), "{}".to_string()),
@@ -345,6 +339,17 @@ fn run_judging(
     let cache = Cache::open(&cache_dir)?;
     let mut judge = Judge::new(plugin, &config, Some(cache))?;
     judge.batch_size = j.judge_batch.max(1);
+    Ok(judge)
+}
+
+/// Judges a run's samples; records the judge in the manifest.
+fn run_judging(
+    run: &RunDir,
+    questions: &[Question],
+    samples: &[SampleRow],
+    judge: &Judge<'_>,
+    j: &JudgeUseArgs,
+) -> Result<(Vec<JudgmentRow>, String)> {
     eprintln!(
         "judging {} samples on {} with {} ({})",
         samples.len(),
@@ -487,14 +492,26 @@ pub fn sample(a: SampleCmd) -> Result<()> {
 
 /// `emh eval`.
 pub fn eval(a: EvalCmd) -> Result<()> {
+    // The judge and its prompts are checked before any sampling, so a
+    // missing key or judge prompt does not wait for generation to finish.
+    let registry = a.sample.plugins.dirs().registry();
+    let judge = open_judge(&registry, &a.judge)?;
+    for q in &load_questions(&a.sample)?.questions {
+        if let Some(m) = a
+            .judge
+            .metrics
+            .iter()
+            .find(|m| !q.judge_prompts.contains_key(*m))
+        {
+            bail!(
+                "{}: question `{}` has no judge prompt `{m}`",
+                a.sample.questions.display(),
+                q.id
+            );
+        }
+    }
     let (run, questions, samples) = run_sampling(&a.sample)?;
-    let (judgments, judge_id) = run_judging(
-        &run,
-        &questions,
-        &samples,
-        &a.judge,
-        &a.sample.plugins.dirs(),
-    )?;
+    let (judgments, judge_id) = run_judging(&run, &questions, &samples, &judge, &a.judge)?;
     let run_id = samples
         .first()
         .map(|s| s.run_id.clone())
@@ -517,7 +534,9 @@ pub fn judge(a: JudgeCmd) -> Result<()> {
         .samples()?
         .with_context(|| format!("{}: sampling has not finished", a.run.display()))?;
     let questions = run.questions()?;
-    run_judging(&run, &questions, &samples, &a.judge, &a.plugins)?;
+    let registry = a.plugins.registry();
+    let judge = open_judge(&registry, &a.judge)?;
+    run_judging(&run, &questions, &samples, &judge, &a.judge)?;
     eprintln!("judgments in {}", run.judgments_path().display());
     Ok(())
 }
