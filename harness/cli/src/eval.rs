@@ -358,12 +358,11 @@ fn run_judging(
         judge.identity.endpoint
     );
     let bar = progress(0, "judging");
-    let (rows, usage, record) =
-        emh_eval::judge(run, samples, questions, &judge, &j.metrics, |p| {
-            bar.set_length(p.total as u64);
-            bar.set_position(p.done as u64);
-            bar.set_message(format!("{} cached, {} failed", p.cached, p.failed));
-        })?;
+    let (rows, usage, record) = emh_eval::judge(run, samples, questions, judge, &j.metrics, |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(format!("{} cached, {} failed", p.cached, p.failed));
+    })?;
     bar.finish();
     eprintln!(
         "judge {}: {} requests, {} retries, {} prompt + {} completion tokens, cost {:.4}",
