@@ -582,3 +582,88 @@ fn a_judge_that_cannot_start_fails_before_any_sampling() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no judge prompt `medical`"), "{err}");
 }
+
+#[test]
+fn a_batch_api_job_gives_the_same_scores_and_a_killed_run_picks_the_job_up_again() {
+    let st = setup();
+    let run = st.dir.join("run");
+    let mut args = eval_args(&st, &run, &[]);
+    args[0] = "sample".into();
+    for opt in ["--judge-batch", "--judge-cache"] {
+        let i = args.iter().position(|x| x == opt).unwrap();
+        args.drain(i..i + 2);
+    }
+    run_emh(&args);
+    let (rt, online) = mock();
+    emh_ok(&[
+        "judge",
+        s(&run),
+        "--judge",
+        &mock_judge(&online),
+        "--judge-cache",
+        s(&st.dir.join("online-cache")),
+    ]);
+    let expected = judgments(&run);
+
+    // The job stays in progress for a while, so the kill lands while it is pending.
+    let batch = rt
+        .block_on(MockServer::start(MockConfig {
+            batch_polls: 40,
+            ..Default::default()
+        }))
+        .unwrap();
+    let config = serde_json::json!({
+        "model": "mock-judge", "base_url": batch.url(), "batch_api": true,
+        "poll_s": 0.05, "state_dir": s(&st.dir.join("batches"))
+    });
+    let judge_args: Vec<String> = [
+        "judge",
+        s(&run),
+        "--judge",
+        &format!("openai={config}"),
+        "--judge-cache",
+        s(&st.dir.join("batch-cache")),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let stats = batch.stats.clone();
+    let killed = kill_when(&judge_args, || {
+        stats.polls.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    });
+    assert!(killed, "the batch job ended before emh could be killed");
+    assert_eq!(
+        batch
+            .stats
+            .batches
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    run_emh(&judge_args);
+    assert_eq!(
+        batch
+            .stats
+            .batches
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the resumed run submitted a second job instead of collecting the first"
+    );
+    assert_eq!(
+        batch
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let got = judgments(&run);
+    assert_eq!(got.len(), 12);
+    let strip_judge = |rows: Vec<JudgmentRow>| -> Vec<JudgmentRow> {
+        rows.into_iter()
+            .map(|mut r| {
+                r.judge_id = String::new();
+                r
+            })
+            .collect()
+    };
+    assert_eq!(strip_judge(got), strip_judge(expected));
+}

@@ -80,7 +80,8 @@ pub struct JudgeUseArgs {
     /// re-judging the same answer with the same judge costs nothing.
     #[arg(long)]
     pub judge_cache: Option<PathBuf>,
-    /// Prompts per call to the judge; an interrupted run redoes at most one batch.
+    /// Prompts per call to the judge; an interrupted run redoes at most one
+    /// batch (a judge in batch-job mode gets every prompt in one call).
     #[arg(long, default_value_t = 64)]
     pub judge_batch: usize,
 }
@@ -338,7 +339,9 @@ fn open_judge<'r>(registry: &'r Registry, j: &JudgeUseArgs) -> Result<Judge<'r>>
         .unwrap_or_else(|| emh_models::data_dir().join("judge-cache"));
     let cache = Cache::open(&cache_dir)?;
     let mut judge = Judge::new(plugin, &config, Some(cache))?;
-    judge.batch_size = j.judge_batch.max(1);
+    if !judge.identity.one_call {
+        judge.batch_size = j.judge_batch.max(1);
+    }
     Ok(judge)
 }
 

@@ -17,6 +17,9 @@ pub struct JudgeIdentity {
     pub endpoint: String,
     /// Every parameter that changes a judgment (temperature, top_logprobs, seed, ...).
     pub params: serde_json::Value,
+    /// The judge wants every prompt of a run in one call (a batch job).
+    #[serde(default)]
+    pub one_call: bool,
 }
 
 /// A token and its log-probability.

@@ -12,7 +12,8 @@ pub struct Judge<'a> {
     config: String,
     pub identity: JudgeIdentity,
     cache: Option<Cache>,
-    /// Prompts per call to the plugin; an interrupted run loses at most one batch.
+    /// Prompts per call to the plugin; an interrupted run loses at most one
+    /// batch. Unbounded for judges that want one call (batch jobs).
     pub batch_size: usize,
 }
 
@@ -66,9 +67,9 @@ impl<'a> Judge<'a> {
         Ok(Judge {
             plugin,
             config: config.to_string(),
+            batch_size: if identity.one_call { usize::MAX } else { 64 },
             identity,
             cache,
-            batch_size: 64,
         })
     }
 

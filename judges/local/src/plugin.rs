@@ -122,6 +122,7 @@ impl Plugin for LocalJudgePlugin {
             endpoint: format!("local:{}", dir.display()),
             // Device and precision move the probabilities a little.
             params: serde_json::json!({"device": c.device, "dtype": c.dtype, "answers": "0..=100 exact"}),
+            one_call: false,
         })
     }
 

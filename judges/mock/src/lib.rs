@@ -4,10 +4,15 @@
 //!
 //! Answers depend only on the prompt, so a run with faults must end with the
 //! same scores as a run without.
+//!
+//! It also speaks the Batch API: `POST /v1/files` (multipart JSONL),
+//! `POST /v1/batches`, `GET /v1/batches/{id}` (in progress for a set number
+//! of polls, then completed) and `GET /v1/files/{id}/content`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -24,6 +29,8 @@ pub struct MockConfig {
     pub slow: Duration,
     /// Seeds which requests fail.
     pub seed: u64,
+    /// Polls a batch stays `in_progress` before it completes.
+    pub batch_polls: u64,
 }
 
 impl Default for MockConfig {
@@ -33,6 +40,7 @@ impl Default for MockConfig {
             fault_rate: 0.0,
             slow: Duration::from_secs(2),
             seed: 0,
+            batch_polls: 0,
         }
     }
 }
@@ -40,8 +48,20 @@ impl Default for MockConfig {
 /// Counts of what the server did.
 #[derive(Default)]
 pub struct Stats {
+    /// Chat-completion requests.
     pub requests: AtomicU64,
     pub faults: AtomicU64,
+    /// Batches created.
+    pub batches: AtomicU64,
+    /// Batch status polls.
+    pub polls: AtomicU64,
+}
+
+/// Uploaded files and created batches (id → content; id → input file, polls).
+#[derive(Default)]
+struct Store {
+    files: HashMap<String, String>,
+    batches: HashMap<String, (String, u64)>,
 }
 
 /// A running mock server; it stops with the runtime that started it.
@@ -89,10 +109,11 @@ impl MockServer {
         let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let config = Arc::new(config);
+        let store = Arc::new(Mutex::new(Store::default()));
         let s = stats.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, config.clone(), s.clone()));
+                tokio::spawn(serve(stream, config.clone(), s.clone(), store.clone()));
             }
         });
         Ok(MockServer { addr, stats })
@@ -142,10 +163,135 @@ async fn respond(
     s.flush().await
 }
 
+/// The chat completion for a request: the judge's answer to its last message.
+fn completion(request: &serde_json::Value, n: u64) -> serde_json::Value {
+    let prompt = request["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let top: Vec<serde_json::Value> = answer_for(&prompt)
+        .into_iter()
+        .map(|(t, lp)| serde_json::json!({"token": t, "logprob": lp}))
+        .collect();
+    let first = top[0]["token"].clone();
+    serde_json::json!({
+        "id": format!("mock-{n}"),
+        "object": "chat.completion",
+        "model": request["model"],
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": first},
+            "logprobs": {"content": [{"token": first, "logprob": top[0]["logprob"], "top_logprobs": top}]},
+            "finish_reason": "length"
+        }],
+        "usage": {"prompt_tokens": prompt.len() / 4 + 1, "completion_tokens": 1, "total_tokens": prompt.len() / 4 + 2}
+    })
+}
+
+/// The JSONL file in a multipart upload: the part after `name="file"`.
+fn multipart_file(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let boundary = text.lines().next()?.trim().to_string();
+    let part = text
+        .split(&boundary)
+        .find(|p| p.contains("name=\"file\""))?;
+    let (_, content) = part.split_once("\r\n\r\n")?;
+    Some(content.strip_suffix("\r\n").unwrap_or(content).to_string())
+}
+
+/// The Batch API routes: status line and JSON (or JSONL) body.
+fn batch_api(
+    request_line: &str,
+    body: &[u8],
+    config: &MockConfig,
+    stats: &Stats,
+    store: &Mutex<Store>,
+) -> (&'static str, String) {
+    let not_found = ("404 Not Found", "{\"error\": \"not found\"}".to_string());
+    let mut store = store.lock().expect("mock store");
+    let path = request_line.split(' ').nth(1).unwrap_or("");
+    if request_line.starts_with("POST /v1/files ") {
+        let Some(content) = multipart_file(body) else {
+            return ("400 Bad Request", "{\"error\": \"no file part\"}".into());
+        };
+        let id = format!("file-{}", store.files.len());
+        store.files.insert(id.clone(), content);
+        return (
+            "200 OK",
+            serde_json::json!({"id": id, "object": "file"}).to_string(),
+        );
+    }
+    if request_line.starts_with("POST /v1/batches ") {
+        let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let input = request["input_file_id"].as_str().unwrap_or("").to_string();
+        if !store.files.contains_key(&input) || request["endpoint"] != "/v1/chat/completions" {
+            return ("400 Bad Request", "{\"error\": \"bad batch\"}".into());
+        }
+        let id = format!("batch-{}", stats.batches.fetch_add(1, Ordering::Relaxed));
+        store.batches.insert(id.clone(), (input, 0));
+        return (
+            "200 OK",
+            serde_json::json!({"id": id, "status": "validating"}).to_string(),
+        );
+    }
+    if let Some(id) = path.strip_prefix("/v1/batches/") {
+        stats.polls.fetch_add(1, Ordering::Relaxed);
+        let Some((input, polls)) = store.batches.get_mut(id) else {
+            return not_found;
+        };
+        *polls += 1;
+        if *polls <= config.batch_polls {
+            return (
+                "200 OK",
+                serde_json::json!({"id": id, "status": "in_progress"}).to_string(),
+            );
+        }
+        let input = input.clone();
+        let lines = store.files[&input].clone();
+        let output: String = lines
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(n, l)| {
+                let line: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                let response = completion(&line["body"], n as u64);
+                format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "id": format!("req-{n}"),
+                        "custom_id": line["custom_id"],
+                        "response": {"status_code": 200, "body": response},
+                        "error": null
+                    })
+                )
+            })
+            .collect();
+        let out_id = format!("{id}-output");
+        store.files.insert(out_id.clone(), output);
+        return (
+            "200 OK",
+            serde_json::json!({"id": id, "status": "completed", "output_file_id": out_id, "error_file_id": null})
+                .to_string(),
+        );
+    }
+    if let Some(id) = path
+        .strip_prefix("/v1/files/")
+        .and_then(|p| p.strip_suffix("/content"))
+    {
+        if let Some(content) = store.files.get(id) {
+            return ("200 OK", content.clone());
+        }
+    }
+    not_found
+}
+
 async fn serve(
     stream: TcpStream,
     config: Arc<MockConfig>,
     stats: Arc<Stats>,
+    store: Arc<Mutex<Store>>,
 ) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     loop {
@@ -172,42 +318,14 @@ async fn serve(
         let mut body = vec![0u8; content_length];
         stream.read_exact(&mut body).await?;
         if !request_line.starts_with("POST /v1/chat/completions ") {
-            respond(
-                &mut stream,
-                "404 Not Found",
-                "",
-                "{\"error\": \"not found\"}",
-            )
-            .await?;
+            let (status, body) = batch_api(&request_line, &body, &config, &stats, &store);
+            respond(&mut stream, status, "", &body).await?;
             continue;
         }
         let n = stats.requests.fetch_add(1, Ordering::Relaxed);
         let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let prompt = request["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or("")
-            .to_string();
         tokio::time::sleep(config.latency).await;
-        let top: Vec<serde_json::Value> = answer_for(&prompt)
-            .into_iter()
-            .map(|(t, lp)| serde_json::json!({"token": t, "logprob": lp}))
-            .collect();
-        let first = top[0]["token"].clone();
-        let full = serde_json::json!({
-            "id": format!("mock-{n}"),
-            "object": "chat.completion",
-            "model": request["model"],
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": first},
-                "logprobs": {"content": [{"token": first, "logprob": top[0]["logprob"], "top_logprobs": top}]},
-                "finish_reason": "length"
-            }],
-            "usage": {"prompt_tokens": prompt.len() / 4 + 1, "completion_tokens": 1, "total_tokens": prompt.len() / 4 + 2}
-        })
-        .to_string();
+        let full = completion(&request, n).to_string();
         let fault = fault_for(&config, n);
         if fault.is_some() {
             stats.faults.fetch_add(1, Ordering::Relaxed);

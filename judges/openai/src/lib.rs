@@ -9,6 +9,7 @@
 //! re-run or a resumed run asks only for what is missing. The API key is read
 //! from the environment and is never written anywhere.
 
+mod batch;
 mod limiter;
 mod plugin;
 
@@ -21,6 +22,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
+pub use batch::BatchAnswer;
 pub use limiter::Limiter;
 
 /// Which API dialect the endpoint speaks.
@@ -99,6 +101,8 @@ pub enum JudgeError {
         url: String,
         reason: String,
     },
+    #[error("judge batch job at {url}: {reason}")]
+    Batch { url: String, reason: String },
     #[error(transparent)]
     Cache(#[from] emh_judge_core::CacheError),
 }

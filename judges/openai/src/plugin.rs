@@ -39,6 +39,13 @@ struct Config {
     max_concurrency: Option<usize>,
     /// Prices per million tokens: `[input, output]`.
     prices: Option<[f64; 2]>,
+    /// Judge every prompt of a run in one Batch API job (half price, hours of latency).
+    #[serde(default)]
+    batch_api: bool,
+    /// Seconds between polls of a batch job.
+    poll_s: Option<f64>,
+    /// Where pending batch jobs are remembered, so a killed run picks its job up again.
+    state_dir: Option<std::path::PathBuf>,
 }
 
 fn default_model() -> String {
@@ -178,7 +185,10 @@ impl Plugin for OpenAiJudge {
                     "max_tries": {"type": "integer", "default": 8},
                     "initial_concurrency": {"type": "integer", "default": 8},
                     "max_concurrency": {"type": "integer", "default": 128},
-                    "prices": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "description": "[input, output] per million tokens"}
+                    "prices": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "description": "[input, output] per million tokens"},
+                    "batch_api": {"type": "boolean", "default": false, "description": "every prompt in one Batch API job: half price, hours of latency"},
+                    "poll_s": {"type": "number", "default": 30, "description": "seconds between batch polls"},
+                    "state_dir": {"type": "string", "description": "where pending batch jobs are remembered (default: judge-batches in the data directory)"}
                 }
             })
             .to_string()
@@ -187,7 +197,16 @@ impl Plugin for OpenAiJudge {
     }
 
     fn validate(config: &str) -> Result<(), String> {
-        parse(config)?.settings().map(|_| ())
+        let c = parse(config)?;
+        if c.batch_api && c.api != "openai" {
+            return Err("batch_api needs the OpenAI API".into());
+        }
+        if let Some(p) = c.poll_s {
+            if p.is_nan() || p <= 0.0 {
+                return Err(format!("poll_s must be positive, not {p}"));
+            }
+        }
+        c.settings().map(|_| ())
     }
 
     fn judge_identity(config: &str) -> Result<JudgeIdentity, String> {
@@ -197,39 +216,69 @@ impl Plugin for OpenAiJudge {
             model: c.settings.model.clone(),
             endpoint: c.url(),
             params: params(),
+            one_call: parse(config)?.batch_api,
         })
     }
 
     fn judge(config: &str, prompts: &[String]) -> Result<JudgeBatch, String> {
         let (c, runtime) = client(config)?;
+        let cfg = parse(config)?;
         let before = c.usage();
-        let items = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Item {
-                id: format!("batch item {i}"),
-                prompt: p.clone(),
-            })
-            .collect();
-        let results = runtime.block_on(c.judge_each(items, |_| {}));
-        let outputs = results
-            .into_iter()
-            .map(|r| match r {
-                Ok(j) => JudgeOutput::Top {
-                    top: j
-                        .top
-                        .into_iter()
-                        .map(|t| TokenLogprob {
-                            token: t.token,
-                            logprob: t.logprob,
-                        })
-                        .collect(),
-                },
-                Err(e) => JudgeOutput::Failed {
-                    error: e.to_string(),
-                },
-            })
-            .collect();
+        let outputs: Vec<JudgeOutput> = if cfg.batch_api {
+            let state_dir = cfg
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| emh_models::data_dir().join("judge-batches"));
+            let poll = Duration::from_secs_f64(cfg.poll_s.unwrap_or(30.0));
+            let answers = runtime
+                .block_on(c.judge_batch(prompts, &state_dir, poll, |status| {
+                    eprintln!("openai batch job: {status}");
+                }))
+                .map_err(|e| e.to_string())?;
+            answers
+                .into_iter()
+                .map(|a| match a {
+                    Ok(top) => JudgeOutput::Top {
+                        top: top
+                            .into_iter()
+                            .map(|t| TokenLogprob {
+                                token: t.token,
+                                logprob: t.logprob,
+                            })
+                            .collect(),
+                    },
+                    Err(error) => JudgeOutput::Failed { error },
+                })
+                .collect()
+        } else {
+            let items = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Item {
+                    id: format!("batch item {i}"),
+                    prompt: p.clone(),
+                })
+                .collect();
+            runtime
+                .block_on(c.judge_each(items, |_| {}))
+                .into_iter()
+                .map(|r| match r {
+                    Ok(j) => JudgeOutput::Top {
+                        top: j
+                            .top
+                            .into_iter()
+                            .map(|t| TokenLogprob {
+                                token: t.token,
+                                logprob: t.logprob,
+                            })
+                            .collect(),
+                    },
+                    Err(e) => JudgeOutput::Failed {
+                        error: e.to_string(),
+                    },
+                })
+                .collect()
+        };
         Ok(JudgeBatch {
             outputs,
             usage: spent(c.usage(), before),
