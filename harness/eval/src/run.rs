@@ -79,18 +79,23 @@ impl RunDir {
         })
     }
 
+    /// `manifest.json`.
     pub fn manifest_path(&self) -> PathBuf {
         self.path.join("manifest.json")
     }
+    /// `questions.json`: the questions as evaluated.
     pub fn questions_path(&self) -> PathBuf {
         self.path.join("questions.json")
     }
+    /// `samples.parquet`.
     pub fn samples_path(&self) -> PathBuf {
         self.path.join("samples.parquet")
     }
+    /// `judgments.parquet`.
     pub fn judgments_path(&self) -> PathBuf {
         self.path.join("judgments.parquet")
     }
+    /// `metrics.parquet`.
     pub fn metrics_path(&self) -> PathBuf {
         self.path.join("metrics.parquet")
     }
@@ -107,6 +112,7 @@ impl RunDir {
         read_json(&self.manifest_path())
     }
 
+    /// Writes the manifest, whole or not at all.
     pub fn write_manifest(&self, m: &Manifest) -> Result<(), EvalError> {
         write_json(&self.manifest_path(), m)
     }
