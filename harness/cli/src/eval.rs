@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use emh_eval::{
-    Condition, JudgeRecord, Manifest, ModelRecord, PluginRecord, RunDir, SampleSettings, Sampler,
+    Condition, HashMemo, JudgeRecord, Manifest, ModelRecord, PluginRecord, RunDir, SampleSettings,
+    Sampler,
 };
 use emh_judge_core::Cache;
 use emh_metrics::{MetricRow, Thresholds};
@@ -239,16 +240,22 @@ fn run_sampling(a: &SampleArgs) -> Result<(RunDir, Vec<Question>, Vec<SampleRow>
     });
     let found = emh_models::resolve(&loaded.name)?;
     eprintln!("hashing the model, adapters and questions for the manifest");
+    let mut memo = HashMemo::open(&emh_models::data_dir().join("hash-memo.json"));
     let adapters = loaded
         .adapter_dirs
         .iter()
-        .map(|d| emh_eval::hash_files(d))
+        .map(|d| memo.hash_files(d))
         .collect::<Result<Vec<_>, _>>()?;
+    let model_files = memo.hash_files(&found.dir)?;
+    let question_file = memo.hash_files(&a.questions)?;
+    if let Err(e) = memo.save() {
+        eprintln!("warning: the hash memo was not saved ({e}); the next run hashes again");
+    }
     let condition = Condition {
         run_id,
         model: ModelRecord {
             name: loaded.name.clone(),
-            files: emh_eval::hash_files(&found.dir)?,
+            files: model_files,
             device: format!("{:?}", loaded.model.device).to_lowercase(),
             dtype: match loaded.model.kind {
                 tch::Kind::BFloat16 => "bf16",
@@ -276,7 +283,7 @@ fn run_sampling(a: &SampleArgs) -> Result<(RunDir, Vec<Question>, Vec<SampleRow>
             seed: a.seed,
             batch_size: a.batch_size,
         },
-        questions: emh_eval::hash_files(&a.questions)?,
+        questions: question_file,
         question_ids: set.questions.iter().map(|q| q.id.clone()).collect(),
     };
     let manifest = emh_eval::begin(&run, condition, &set.questions)?;

@@ -10,7 +10,7 @@ mod summary;
 
 pub use judge::judge;
 pub use manifest::{
-    hash_files, sha256_hex, Condition, Hashed, JudgeRecord, Manifest, ModelRecord, PluginRecord,
+    sha256_hex, Condition, HashMemo, Hashed, JudgeRecord, Manifest, ModelRecord, PluginRecord,
     SampleSettings,
 };
 pub use run::RunDir;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use emh_plugin_api::JudgeIdentity;
 use serde::{Deserialize, Serialize};
@@ -110,29 +110,124 @@ fn hash_file(path: &Path) -> Result<String, EvalError> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Hashes a file, or every regular file directly in a folder (weights,
-/// configs, tokenizer, adapter files).
-pub fn hash_files(path: &Path) -> Result<Hashed, EvalError> {
-    let mut sha256 = BTreeMap::new();
-    if path.is_dir() {
-        let entries = std::fs::read_dir(path).map_err(|e| EvalError::io(path, e))?;
-        for entry in entries {
-            let p = entry.map_err(|e| EvalError::io(path, e))?.path();
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            // Hidden files are bookkeeping (import stamps), not the model.
-            if p.is_file() && !name.starts_with('.') {
-                sha256.insert(name.to_string(), hash_file(&p)?);
+/// What identifies a file's content without reading it: size and modification time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Stamp {
+    size: u64,
+    modified_ns: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(Stamp {
+        size: meta.len(),
+        modified_ns: modified.as_nanos() as u64,
+    })
+}
+
+/// SHA-256s remembered by path, size and modification time, so the weights
+/// of a model are read once rather than at every run (a 14B model is 30 GB).
+pub struct HashMemo {
+    path: PathBuf,
+    entries: BTreeMap<String, (Stamp, String)>,
+}
+
+impl HashMemo {
+    /// The memo stored at `path`; a missing or unreadable memo starts empty.
+    pub fn open(path: &Path) -> HashMemo {
+        let entries = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        HashMemo {
+            path: path.to_path_buf(),
+            entries,
+        }
+    }
+
+    fn hash_file(&mut self, path: &Path) -> Result<String, EvalError> {
+        let key = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
+        let now = stamp(path);
+        if let (Some(now), Some((then, hash))) = (&now, self.entries.get(&key)) {
+            if now == then {
+                return Ok(hash.clone());
             }
         }
-    } else {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        sha256.insert(name.to_string(), hash_file(path)?);
+        let hash = hash_file(path)?;
+        if let Some(now) = now {
+            self.entries.insert(key, (now, hash.clone()));
+        }
+        Ok(hash)
     }
-    Ok(Hashed {
-        path: path.display().to_string(),
-        sha256,
-    })
+
+    /// Hashes a file, or every regular file directly in a folder (weights,
+    /// configs, tokenizer, adapter files).
+    pub fn hash_files(&mut self, path: &Path) -> Result<Hashed, EvalError> {
+        let mut sha256 = BTreeMap::new();
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| EvalError::io(path, e))?;
+            for entry in entries {
+                let p = entry.map_err(|e| EvalError::io(path, e))?.path();
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                // Hidden files are bookkeeping (import stamps), not the model.
+                if p.is_file() && !name.starts_with('.') {
+                    sha256.insert(name.to_string(), self.hash_file(&p)?);
+                }
+            }
+        } else {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            sha256.insert(name.to_string(), self.hash_file(path)?);
+        }
+        Ok(Hashed {
+            path: path.display().to_string(),
+            sha256,
+        })
+    }
+
+    /// Stores the memo (whole or not at all); a memo that cannot be written
+    /// only costs a re-hash next time, so the error is returned for a warning.
+    pub fn save(&self) -> Result<(), EvalError> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
+        }
+        let text = serde_json::to_string(&self.entries).expect("the memo serialises");
+        crate::run::write_atomic(&self.path, text.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memo_rehashes_only_changed_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("w.bin");
+        std::fs::write(&file, b"weights").unwrap();
+        let memo_path = tmp.path().join("memo.json");
+        let mut memo = HashMemo::open(&memo_path);
+        let first = memo.hash_files(&file).unwrap();
+        assert_eq!(first.sha256["w.bin"], sha256_hex(b"weights"));
+        memo.save().unwrap();
+        let mut memo = HashMemo::open(&memo_path);
+        assert_eq!(memo.hash_files(&file).unwrap(), first);
+        // Same size, new content and modification time: hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&file, b"WEIGHTS").unwrap();
+        assert_eq!(
+            memo.hash_files(&file).unwrap().sha256["w.bin"],
+            sha256_hex(b"WEIGHTS")
+        );
+    }
 }
