@@ -98,6 +98,17 @@ fn eval_args(st: &Setup, out: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// `emh sample` arguments for a run into `out`: those of `emh eval` without the judge options.
+fn sample_args(st: &Setup, out: &Path) -> Vec<String> {
+    let mut args = eval_args(st, out, &[]);
+    args[0] = "sample".into();
+    for opt in ["--judge-batch", "--judge-cache"] {
+        let i = args.iter().position(|x| x == opt).unwrap();
+        args.drain(i..i + 2);
+    }
+    args
+}
+
 fn run_emh(args: &[String]) -> std::process::Output {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     emh_ok(&refs)
@@ -260,31 +271,12 @@ fn eval_makes_tables_and_manifest_and_rejudging_gives_metrics_that_check_out() {
 fn same_seed_same_samples_and_the_run_refuses_other_settings() {
     let st = setup();
     let (a, b) = (st.dir.join("a"), st.dir.join("b"));
-    let mut args = eval_args(&st, &a, &[]);
-    args[0] = "sample".into();
-    // `emh sample` takes no judge options.
-    let judge_opts = ["--judge-batch", "--judge-cache"];
-    let strip = |args: &[String]| -> Vec<String> {
-        let mut out = Vec::new();
-        let mut skip = false;
-        for x in args {
-            if skip {
-                skip = false;
-            } else if judge_opts.contains(&x.as_str()) {
-                skip = true;
-            } else {
-                out.push(x.clone());
-            }
-        }
-        out
-    };
-    run_emh(&strip(&args));
-    let mut args_b = eval_args(&st, &b, &[]);
-    args_b[0] = "sample".into();
-    run_emh(&strip(&args_b));
+    let args = sample_args(&st, &a);
+    run_emh(&args);
+    run_emh(&sample_args(&st, &b));
     assert_eq!(samples(&a), samples(&b));
 
-    let mut other = strip(&args);
+    let mut other = args.clone();
     let seed = other.iter().position(|x| x == "--seed").unwrap();
     other[seed + 1] = "8".into();
     let refs: Vec<&str> = other.iter().map(String::as_str).collect();
@@ -449,6 +441,26 @@ fn a_reference_judged_csv_gives_the_em_rate_computed_by_hand() {
         .find(|r| r["scope"] == "category" && r["group"] == "json" && r["metric"] == "em_rate")
         .unwrap();
     assert_eq!(json_cat["successes"], 0);
+
+    let em_pct = format!("{:.1}%", 100.0 * em as f64 / by_hand.len() as f64);
+    let table = String::from_utf8(emh_ok(&["metrics", s(&csv)]).stdout).unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("overall") && l.contains("em_rate"))
+        .unwrap_or_else(|| panic!("no overall em_rate line:\n{table}"));
+    assert!(line.contains(&em_pct), "{line}");
+    let out = String::from_utf8(emh_ok(&["metrics", s(&csv), "--format", "csv"]).stdout).unwrap();
+    assert_eq!(
+        out.lines().next(),
+        Some("scope,group,metric,value,successes,n,nulls,ci_low,ci_high")
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("overall,all,em_rate,"))
+        .unwrap();
+    let cells: Vec<&str> = row.split(',').collect();
+    assert_eq!(cells[4], em.to_string());
+    assert_eq!(cells[5], by_hand.len().to_string());
 }
 
 #[test]
@@ -512,13 +524,7 @@ plugins = ['steering=@{steer}']
 fn judging_through_the_openai_plugin_loses_nothing_under_injected_faults() {
     let st = setup();
     let run = st.dir.join("run");
-    let mut args = eval_args(&st, &run, &[]);
-    args[0] = "sample".into();
-    for opt in ["--judge-batch", "--judge-cache"] {
-        let i = args.iter().position(|x| x == opt).unwrap();
-        args.drain(i..i + 2);
-    }
-    run_emh(&args);
+    run_emh(&sample_args(&st, &run));
     let (rt, clean) = mock();
     let faulty = rt
         .block_on(MockServer::start(MockConfig {
@@ -587,13 +593,7 @@ fn a_judge_that_cannot_start_fails_before_any_sampling() {
 fn a_batch_api_job_gives_the_same_scores_and_a_killed_run_picks_the_job_up_again() {
     let st = setup();
     let run = st.dir.join("run");
-    let mut args = eval_args(&st, &run, &[]);
-    args[0] = "sample".into();
-    for opt in ["--judge-batch", "--judge-cache"] {
-        let i = args.iter().position(|x| x == opt).unwrap();
-        args.drain(i..i + 2);
-    }
-    run_emh(&args);
+    run_emh(&sample_args(&st, &run));
     let (rt, online) = mock();
     emh_ok(&[
         "judge",

@@ -190,17 +190,6 @@ pub struct GenerateArgs {
     plugins: PluginUseArgs,
 }
 
-/// Seed of sample `j` of prompt `i`: SplitMix64 over the triple, so seeds of
-/// neighbouring samples are unrelated.
-fn sample_seed(seed: u64, i: usize, j: usize) -> u64 {
-    let mut z = seed
-        .wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add((j as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// A progress bar for `len` steps of `what`.
 pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
@@ -283,7 +272,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             .iter()
             .map(|(i, j, _, ids)| GenRequest {
                 prompt: ids.clone(),
-                seed: sample_seed(a.seed, *i, *j),
+                seed: emh_runtime::derive_seed(a.seed, *i as u64, *j as u64),
             })
             .collect();
         let outputs = run_generate(

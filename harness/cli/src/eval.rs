@@ -221,11 +221,13 @@ fn load_questions(a: &SampleArgs) -> Result<QuestionSet> {
 }
 
 /// Samples into the run directory; returns the run, its questions and samples.
-fn run_sampling(a: &SampleArgs) -> Result<(RunDir, Vec<Question>, Vec<SampleRow>)> {
+fn run_sampling(
+    a: &SampleArgs,
+    set: QuestionSet,
+) -> Result<(RunDir, Vec<Question>, Vec<SampleRow>)> {
     if a.batch_size == 0 || a.n == Some(0) {
         bail!("--batch-size and -n must be at least 1");
     }
-    let set = load_questions(a)?;
     let (loaded, mut hooks, applied) = load_with_plugins(&a.model, &a.plugins, false)?;
     let template = loaded
         .template
@@ -345,11 +347,7 @@ fn open_judge<'r>(registry: &'r Registry, j: &JudgeUseArgs) -> Result<Judge<'r>>
         .clone()
         .unwrap_or_else(|| emh_models::data_dir().join("judge-cache"));
     let cache = Cache::open(&cache_dir)?;
-    let mut judge = Judge::new(plugin, &config, Some(cache))?;
-    if !judge.identity.one_call {
-        judge.batch_size = j.judge_batch.max(1);
-    }
-    Ok(judge)
+    Ok(Judge::new(plugin, &config, Some(cache), j.judge_batch)?)
 }
 
 /// Judges a run's samples; records the judge in the manifest.
@@ -496,7 +494,7 @@ fn summarise(
 
 /// `emh sample`.
 pub fn sample(a: SampleCmd) -> Result<()> {
-    run_sampling(&a.sample).map(|_| ())
+    run_sampling(&a.sample, load_questions(&a.sample)?).map(|_| ())
 }
 
 /// `emh eval`.
@@ -505,7 +503,8 @@ pub fn eval(a: EvalCmd) -> Result<()> {
     // missing key or judge prompt does not wait for generation to finish.
     let registry = a.sample.plugins.dirs().registry();
     let judge = open_judge(&registry, &a.judge)?;
-    for q in &load_questions(&a.sample)?.questions {
+    let set = load_questions(&a.sample)?;
+    for q in &set.questions {
         if let Some(m) = a
             .judge
             .metrics
@@ -519,7 +518,7 @@ pub fn eval(a: EvalCmd) -> Result<()> {
             );
         }
     }
-    let (run, questions, samples) = run_sampling(&a.sample)?;
+    let (run, questions, samples) = run_sampling(&a.sample, set)?;
     let (judgments, judge_id) = run_judging(&run, &questions, &samples, &judge, &a.judge)?;
     let run_id = samples
         .first()

@@ -2,7 +2,9 @@
 //! journaled to the run directory as they finish.
 
 use emh_questions::Question;
-use emh_runtime::{generate, FinishReason, GenRequest, HookSet, Model, SamplingParams};
+use emh_runtime::{
+    derive_seed, generate, FinishReason, GenRequest, HookSet, Model, SamplingParams,
+};
 use emh_tables::SampleRow;
 use emh_text::{ChatTemplate, Message, Tokenizer};
 
@@ -49,13 +51,11 @@ fn fnv1a(s: &str) -> u64 {
 /// paraphrase, sample), so it does not depend on which other questions
 /// were selected or how they were batched.
 pub fn sample_seed(seed: u64, question_id: &str, paraphrase: u32, sample: u32) -> u64 {
-    let mut z = seed
-        .wrapping_add(fnv1a(question_id))
-        .wrapping_add((paraphrase as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add((sample as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    derive_seed(
+        seed.wrapping_add(fnv1a(question_id)),
+        paraphrase as u64,
+        sample as u64,
+    )
 }
 
 fn finish_name(f: FinishReason) -> &'static str {

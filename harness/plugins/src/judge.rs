@@ -14,7 +14,7 @@ pub struct Judge<'a> {
     cache: Option<Cache>,
     /// Prompts per call to the plugin; an interrupted run loses at most one
     /// batch. Unbounded for judges that want one call (batch jobs).
-    pub batch_size: usize,
+    batch_size: usize,
 }
 
 /// One judged prompt: its judgment, or why the judge gave none.
@@ -57,17 +57,24 @@ fn score(output: JudgeOutput) -> Result<Judgment, String> {
 }
 
 impl<'a> Judge<'a> {
-    /// A judge from a judge plugin and its JSON config; `cache` stores every judgment.
+    /// A judge from a judge plugin and its JSON config, asking `batch_size`
+    /// prompts per call (all at once if the judge wants one call); `cache`
+    /// stores every judgment.
     pub fn new(
         plugin: &'a Plugin,
         config: &str,
         cache: Option<Cache>,
+        batch_size: usize,
     ) -> Result<Self, PluginError> {
         let identity = plugin.judge_identity(config)?;
         Ok(Judge {
             plugin,
             config: config.to_string(),
-            batch_size: if identity.one_call { usize::MAX } else { 64 },
+            batch_size: if identity.one_call {
+                usize::MAX
+            } else {
+                batch_size.max(1)
+            },
             identity,
             cache,
         })
@@ -116,7 +123,7 @@ impl<'a> Judge<'a> {
         }
         on_progress(progress);
         let mut usage = JudgeUsage::default();
-        for batch in todo.chunks(self.batch_size.max(1)) {
+        for batch in todo.chunks(self.batch_size) {
             let asked: Vec<String> = batch.iter().map(|&i| prompts[i].clone()).collect();
             let answer = self.plugin.judge(&self.config, &asked)?;
             usage.add(&answer.usage);

@@ -19,6 +19,17 @@ pub struct GenRequest {
     pub seed: u64,
 }
 
+/// The seed of sample `j` of prompt `i` under a base seed: SplitMix64 over
+/// the triple, so seeds of neighbouring samples are unrelated.
+pub fn derive_seed(seed: u64, i: u64, j: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(j.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Why a sequence stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

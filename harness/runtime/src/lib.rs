@@ -16,7 +16,7 @@ mod weights;
 pub use config::{ModelConfig, RopeScaling};
 pub use device::{init_cuda, parse_device, parse_dtype};
 pub use error::RuntimeError;
-pub use generate::{generate, FinishReason, GenOutput, GenRequest};
+pub use generate::{derive_seed, generate, FinishReason, GenOutput, GenRequest};
 pub use hooks::{
     AddVector, Capture, Hook, HookCtx, HookSet, Phase, ProjectOut, ScaleBy, Site, Span,
 };

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use emh_judge_core::TopToken;
 use emh_plugin_api::{
     config, export_plugin, JudgeBatch, JudgeIdentity, JudgeOutput, JudgeUsage, Plugin, PluginInfo,
     PluginKind, TokenLogprob,
@@ -162,6 +163,19 @@ fn spent(after: Usage, before: Usage) -> JudgeUsage {
     }
 }
 
+/// The plugin output for a judgment's top tokens.
+fn top_output(top: Vec<TopToken>) -> JudgeOutput {
+    JudgeOutput::Top {
+        top: top
+            .into_iter()
+            .map(|t| TokenLogprob {
+                token: t.token,
+                logprob: t.logprob,
+            })
+            .collect(),
+    }
+}
+
 struct OpenAiJudge;
 
 impl Plugin for OpenAiJudge {
@@ -238,15 +252,7 @@ impl Plugin for OpenAiJudge {
             answers
                 .into_iter()
                 .map(|a| match a {
-                    Ok(top) => JudgeOutput::Top {
-                        top: top
-                            .into_iter()
-                            .map(|t| TokenLogprob {
-                                token: t.token,
-                                logprob: t.logprob,
-                            })
-                            .collect(),
-                    },
+                    Ok(top) => top_output(top),
                     Err(error) => JudgeOutput::Failed { error },
                 })
                 .collect()
@@ -263,16 +269,7 @@ impl Plugin for OpenAiJudge {
                 .block_on(c.judge_each(items, |_| {}))
                 .into_iter()
                 .map(|r| match r {
-                    Ok(j) => JudgeOutput::Top {
-                        top: j
-                            .top
-                            .into_iter()
-                            .map(|t| TokenLogprob {
-                                token: t.token,
-                                logprob: t.logprob,
-                            })
-                            .collect(),
-                    },
+                    Ok(j) => top_output(j.top),
                     Err(e) => JudgeOutput::Failed {
                         error: e.to_string(),
                     },
