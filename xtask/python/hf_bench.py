@@ -1,6 +1,7 @@
 """HF transformers `generate` throughput, the reference beside `emh generate`.
 
-Prints one JSON object: new tokens per second over the timed runs.
+Prints one JSON object: new tokens per second over the timed runs, the
+padded prompt width, and the library versions.
 """
 import argparse
 import json
@@ -49,4 +50,14 @@ with torch.no_grad():
     if a.device.startswith("cuda"):
         torch.cuda.synchronize()
     secs = time.perf_counter() - start
-print(json.dumps({"tokens": new, "seconds": secs, "tok_per_s": new / secs, "threads": torch.get_num_threads()}))
+import transformers
+
+print(json.dumps({
+    "tokens": new,
+    "seconds": secs,
+    "tok_per_s": new / secs,
+    "threads": torch.get_num_threads(),
+    "prompt_width": enc["input_ids"].shape[1],
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+}))

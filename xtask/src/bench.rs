@@ -12,13 +12,19 @@ const NEW_TOKENS: usize = 128;
 /// load from elsewhere on the machine hits both alike.
 const REPEATS: usize = 3;
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The middle value; the mean of the two middle ones for an even count.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Tokens per second from the summary line `emh generate` prints last.
-fn emh_tok_per_s(stderr: &str) -> Result<f64> {
+pub(crate) fn emh_tok_per_s(stderr: &str) -> Result<f64> {
     let line = stderr
         .lines()
         .rev()
@@ -55,7 +61,12 @@ fn run_emh(env: &Env, prompts: &std::path::Path, batch: usize, device: &str) -> 
     emh_tok_per_s(&stderr)
 }
 
-fn run_hf(env: &Env, prompts: &std::path::Path, batch: usize, device: &str) -> Result<f64> {
+fn run_hf(
+    env: &Env,
+    prompts: &std::path::Path,
+    batch: usize,
+    device: &str,
+) -> Result<serde_json::Value> {
     let out = Command::new(&env.python)
         .arg(env.root.join("xtask/python/hf_bench.py"))
         .arg("--model")
@@ -71,13 +82,27 @@ fn run_hf(env: &Env, prompts: &std::path::Path, batch: usize, device: &str) -> R
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    v["tok_per_s"]
-        .as_f64()
-        .context("hf_bench.py printed no tok_per_s")
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn machine() -> String {
+/// A prompt file of `batch` lines cycling through `data/demo_prompts.jsonl`.
+pub(crate) fn cycled_prompts(env: &Env, batch: usize) -> Result<std::path::PathBuf> {
+    let lines: Vec<String> = std::fs::read_to_string(env.root.join("data/demo_prompts.jsonl"))?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    let chosen: Vec<&str> = (0..batch)
+        .map(|i| lines[i % lines.len()].as_str())
+        .collect();
+    let dir = env.root.join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("prompts_{batch}.jsonl"));
+    std::fs::write(&file, chosen.join("\n") + "\n")?;
+    Ok(file)
+}
+
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -93,7 +118,7 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores")
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     Command::new("date")
         .arg("+%Y-%m-%d")
         .output()
@@ -109,26 +134,19 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
         ["--device", d] => d,
         _ => bail!("usage: cargo xtask bench generate [--device cpu|cuda]"),
     };
-    let prompts = env.root.join("data/demo_prompts.jsonl");
     let mut rows = Vec::new();
+    let mut versions = serde_json::Value::Null;
     for batch in [1usize, 16] {
-        // The prompt file has 8 prompts; a batch of 16 cycles through them.
-        let file = env
-            .root
-            .join("target")
-            .join(format!("bench_prompts_{batch}.jsonl"));
-        let lines: Vec<String> = std::fs::read_to_string(&prompts)?
-            .lines()
-            .map(String::from)
-            .collect();
-        let chosen: Vec<&str> = (0..batch)
-            .map(|i| lines[i % lines.len()].as_str())
-            .collect();
-        std::fs::write(&file, chosen.join("\n") + "\n")?;
+        let file = cycled_prompts(env, batch)?;
         let (mut ours, mut hf) = (Vec::new(), Vec::new());
         for round in 1..=REPEATS {
             ours.push(run_emh(env, &file, batch, device)?);
-            hf.push(run_hf(env, &file, batch, device)?);
+            versions = run_hf(env, &file, batch, device)?;
+            hf.push(
+                versions["tok_per_s"]
+                    .as_f64()
+                    .context("hf_bench.py printed no tok_per_s")?,
+            );
             eprintln!(
                 "bench: batch {batch}, round {round}: emh {:.1} tok/s, HF {:.1} tok/s",
                 ours[round - 1],
@@ -155,7 +173,12 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
     writeln!(section, "- machine: {}", machine())?;
     writeln!(section, "- date: {}", today())?;
     writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on both sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prefill included; median of {REPEATS} alternating runs per side")?;
-    writeln!(section, "- reference: HF transformers 5.23.0 `generate` (torch 2.11.0) on the same imported folder in the same run\n")?;
+    writeln!(
+        section,
+        "- reference: HF transformers {} `generate` (torch {}) on the same imported folder in the same run\n",
+        versions["transformers"].as_str().unwrap_or("?"),
+        versions["torch"].as_str().unwrap_or("?")
+    )?;
     writeln!(section, "| batch | emh tok/s | HF tok/s | emh / HF |")?;
     writeln!(section, "|---:|---:|---:|---:|")?;
     for (b, ours, hf) in &rows {
@@ -169,7 +192,7 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
 }
 
 /// Replaces the section starting with `header` in BENCHMARKS.md (or appends it).
-fn write_section(root: &std::path::Path, header: &str, section: &str) -> Result<()> {
+pub(crate) fn write_section(root: &std::path::Path, header: &str, section: &str) -> Result<()> {
     let path = root.join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench ...`; each section is replaced when its benchmark runs again.\n".into());
     let new = match old.find(header) {

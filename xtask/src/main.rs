@@ -8,6 +8,7 @@
 //! is already there.
 
 mod bench;
+mod bench_large;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,10 +39,17 @@ commands:
   bench generate   tokens/s of emh beside HF transformers generate, written to BENCHMARKS.md
   bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
   bench local-judge  judgments/s of the local judge plugin on CPU (and with every judgment cached)
+  bench generate-large [--config DIR] [--device cuda] [--batch 50] [--new-tokens 600] [--repeats 2]
+                   a large shape (default Qwen2.5-14B) with random weights in bf16 on a GPU,
+                   beside HF transformers, and the fraction of the memory-bandwidth roofline
 
 environment:
   LIBTORCH         use this libtorch instead of the venv's PyTorch
-  EMH_HOME         data directory (default: $XDG_CACHE_HOME/em-harness or ~/.cache/em-harness)";
+  EMH_HOME         data directory (default: $XDG_CACHE_HOME/em-harness or ~/.cache/em-harness)
+  EMH_BIN, EMH_PYTHON
+                   benchmarks only: a prebuilt emh and a Python with torch and transformers,
+                   skipping set-up (a GPU machine without cargo); EMH_DEFAULT_MODEL_DIR then
+                   names the imported default model folder";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,9 +58,10 @@ fn main() -> Result<()> {
         ["setup"] => setup().map(|_| ()),
         ["demo"] => demo(),
         ["test", rest @ ..] => test(rest),
-        ["bench", "generate", rest @ ..] => bench::generate(&setup()?, rest),
+        ["bench", "generate", rest @ ..] => bench::generate(&bench_env()?, rest),
+        ["bench", "generate-large", rest @ ..] => bench_large::generate_large(&bench_env()?, rest),
         ["bench", "judge"] => bench::judge(&root()),
-        ["bench", "local-judge"] => bench::local_judge(&setup()?),
+        ["bench", "local-judge"] => bench::local_judge(&bench_env()?),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)
@@ -70,11 +79,46 @@ pub struct Env {
     torch_lib: PathBuf,
 }
 
+/// The workspace: the nearest folder at or above the current one that holds
+/// `xtask/`, else the one this xtask was built in. The first lets a prebuilt
+/// xtask run in a copy of the repository on another machine.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
-        .to_path_buf()
+        .to_path_buf();
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            cwd.ancestors()
+                .find(|d| d.join("xtask").join("Cargo.toml").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or(built_in)
+}
+
+/// The set-up's paths, or a prebuilt emh and Python named by `EMH_BIN` and
+/// `EMH_PYTHON`, for benchmarks on a machine that cannot build.
+fn bench_env() -> Result<Env> {
+    let (Some(emh), Some(python)) = (std::env::var_os("EMH_BIN"), std::env::var_os("EMH_PYTHON"))
+    else {
+        return setup();
+    };
+    let model_dir = std::env::var_os("EMH_DEFAULT_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            emh_models::data_dir()
+                .join("models")
+                .join(emh_models::DEFAULT_MODEL)
+        });
+    Ok(Env {
+        root: root(),
+        python: python.into(),
+        emh: emh.into(),
+        model_dir,
+        venv: None,
+        torch_lib: PathBuf::new(),
+    })
 }
 
 /// Runs a command, failing with its command line when it fails.
