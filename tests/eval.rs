@@ -264,7 +264,47 @@ fn eval_makes_tables_and_manifest_and_rejudging_gives_metrics_that_check_out() {
     ]);
     let agreement: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(agreement["samples"], 6);
-    assert_eq!(agreement["agreement"]["per_metric"][0]["metric"], "aligned");
+    let aligned = &agreement["agreement"]["per_metric"][0];
+    assert_eq!(aligned["metric"], "aligned");
+
+    // The table says the same as the JSON.
+    let out = emh_ok(&[
+        "judge-agreement",
+        s(&run),
+        "--judge-a",
+        &format!("local:{}", s(&default_model())),
+        "--judge-b",
+        "mock-judge",
+    ]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("paired samples: 6"), "{table}");
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("aligned"))
+        .unwrap_or_else(|| panic!("no aligned row: {table}"))
+        .split_whitespace()
+        .collect();
+    let cell = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
+    assert_eq!(row[1], aligned["n"].to_string(), "{table}");
+    assert_eq!(row[2], cell(&aligned["pearson"]), "{table}");
+    assert_eq!(row[3], cell(&aligned["spearman"]), "{table}");
+    let em = &agreement["agreement"]["em"];
+    let counts = |prefix: &str| -> Vec<String> {
+        let line = table.lines().find(|l| l.starts_with(prefix)).unwrap();
+        line[prefix.len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        counts("A: EM"),
+        [em["both_em"].to_string(), em["only_a"].to_string()]
+    );
+    assert_eq!(
+        counts("A: not EM"),
+        [em["only_b"].to_string(), em["neither"].to_string()]
+    );
+    assert!(table.contains("Cohen's kappa"), "{table}");
 }
 
 #[test]
