@@ -253,29 +253,27 @@ fn eval_makes_tables_and_manifest_and_rejudging_gives_metrics_that_check_out() {
     assert_eq!(row["nulls"], 6 - n);
 
     // The two judges compared on the same samples.
-    let out = emh_ok(&[
-        "judge-agreement",
-        s(&run),
-        "--judge-a",
-        &format!("local:{}", s(&default_model())),
-        "--judge-b",
-        "mock-judge",
-        "--json",
-    ]);
+    let judge_a = format!("local:{}", s(&default_model()));
+    let agreement_of = |extra: &[&str]| {
+        let mut args = vec![
+            "judge-agreement",
+            s(&run),
+            "--judge-a",
+            &judge_a,
+            "--judge-b",
+            "mock-judge",
+        ];
+        args.extend_from_slice(extra);
+        emh_ok(&args)
+    };
+    let out = agreement_of(&["--json"]);
     let agreement: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(agreement["samples"], 6);
     let aligned = &agreement["agreement"]["per_metric"][0];
     assert_eq!(aligned["metric"], "aligned");
 
     // The table says the same as the JSON.
-    let out = emh_ok(&[
-        "judge-agreement",
-        s(&run),
-        "--judge-a",
-        &format!("local:{}", s(&default_model())),
-        "--judge-b",
-        "mock-judge",
-    ]);
+    let out = agreement_of(&[]);
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("paired samples: 6"), "{table}");
     let row: Vec<&str> = table

@@ -1,11 +1,12 @@
 //! `cargo xtask bench generate`: emh beside HF transformers in one run.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::Env;
+use crate::{checked, Env};
 
 const NEW_TOKENS: usize = 128;
 /// Each side runs this many times, alternating, and reports its median, so
@@ -38,51 +39,64 @@ pub(crate) fn emh_tok_per_s(stderr: &str) -> Result<f64> {
     Ok(inner.trim().parse()?)
 }
 
-fn run_emh(env: &Env, prompts: &std::path::Path, batch: usize, device: &str) -> Result<f64> {
-    let out = Command::new(&env.emh)
-        .args(["generate", "--device", device, "--prompts"])
-        .arg(prompts)
-        .args(["--batch-size", &batch.to_string(), "--max-new-tokens"])
-        .arg(NEW_TOKENS.to_string())
-        .args([
-            "--temperature",
-            "1.0",
-            "--ignore-eos",
-            "--seed",
-            "0",
-            "--out",
-            "/dev/null",
-        ])
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("emh generate failed: {stderr}");
-    }
-    emh_tok_per_s(&stderr)
+/// One timed generation, the same on both sides.
+pub(crate) struct GenRun<'a> {
+    pub model: &'a Path,
+    pub prompts: &'a Path,
+    pub batch: usize,
+    pub new_tokens: usize,
+    pub device: &'a str,
+    /// Random bf16 weights from the model folder's config alone.
+    pub random_bf16: bool,
 }
 
-fn run_hf(
-    env: &Env,
-    prompts: &std::path::Path,
-    batch: usize,
-    device: &str,
-) -> Result<serde_json::Value> {
-    let out = Command::new(&env.python)
-        .arg(env.root.join("xtask/python/hf_bench.py"))
+/// Tokens per second of `emh generate`.
+pub(crate) fn run_emh(env: &Env, r: &GenRun) -> Result<f64> {
+    let mut cmd = Command::new(&env.emh);
+    cmd.arg("generate")
         .arg("--model")
-        .arg(&env.model_dir)
-        .arg("--prompts")
-        .arg(prompts)
-        .args(["--batch-size", &batch.to_string(), "--device", device])
-        .args(["--max-new-tokens", &NEW_TOKENS.to_string()])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "hf_bench.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .arg(r.model)
+        .args(["--device", r.device, "--prompts"])
+        .arg(r.prompts)
+        .args(["--batch-size", &r.batch.to_string()])
+        .args(["--max-new-tokens", &r.new_tokens.to_string()])
+        .args(["--temperature", "1.0", "--ignore-eos", "--seed", "0"])
+        .args(["--out", "/dev/null"]);
+    if r.random_bf16 {
+        cmd.args(["--random-init", "0", "--dtype", "bf16"]);
     }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    emh_tok_per_s(&String::from_utf8_lossy(&checked(&mut cmd)?.stderr))
+}
+
+/// What `hf_bench.py` measured: tok/s, padded prompt width, library versions.
+pub(crate) fn run_hf(env: &Env, r: &GenRun) -> Result<serde_json::Value> {
+    let mut cmd = Command::new(&env.python);
+    cmd.arg(env.root.join("xtask/python/hf_bench.py"))
+        .arg("--model")
+        .arg(r.model)
+        .arg("--prompts")
+        .arg(r.prompts)
+        .args(["--batch-size", &r.batch.to_string(), "--device", r.device])
+        .args(["--max-new-tokens", &r.new_tokens.to_string()]);
+    if r.random_bf16 {
+        cmd.args(["--dtype", "bfloat16", "--random-init"]);
+    }
+    json_line(&mut cmd)
+}
+
+/// The JSON object a helper script prints as its last line.
+pub(crate) fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
+    let stdout = String::from_utf8(checked(cmd)?.stdout)?;
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("{cmd:?} printed no JSON line: {stdout}"))
+}
+
+/// The start of a BENCHMARKS.md section: its header, command, machine and date.
+pub(crate) fn section_head(header: &str, command: &str, machine: &str) -> String {
+    format!(
+        "{header}\n\n- command: `{command}`\n- machine: {machine}\n- date: {}\n",
+        today()
+    )
 }
 
 /// A prompt file of `batch` lines cycling through `data/demo_prompts.jsonl`.
@@ -118,7 +132,7 @@ pub(crate) fn machine() -> String {
     format!("{cpu}, {cores} cores")
 }
 
-pub(crate) fn today() -> String {
+fn today() -> String {
     Command::new("date")
         .arg("+%Y-%m-%d")
         .output()
@@ -138,10 +152,18 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
     let mut versions = serde_json::Value::Null;
     for batch in [1usize, 16] {
         let file = cycled_prompts(env, batch)?;
+        let run = GenRun {
+            model: &env.model_dir,
+            prompts: &file,
+            batch,
+            new_tokens: NEW_TOKENS,
+            device,
+            random_bf16: false,
+        };
         let (mut ours, mut hf) = (Vec::new(), Vec::new());
         for round in 1..=REPEATS {
-            ours.push(run_emh(env, &file, batch, device)?);
-            versions = run_hf(env, &file, batch, device)?;
+            ours.push(run_emh(env, &run)?);
+            versions = run_hf(env, &run)?;
             hf.push(
                 versions["tok_per_s"]
                     .as_f64()
@@ -156,22 +178,12 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
         let (ours, hf) = (median(ours), median(hf));
         rows.push((batch, ours, hf));
     }
-    let mut section = String::new();
-    writeln!(
-        section,
-        "## generate: SmolLM2-135M-Instruct, {device}, f32\n"
-    )?;
-    writeln!(
-        section,
-        "- command: `cargo xtask bench generate{}`",
-        if device == "cpu" {
-            String::new()
-        } else {
-            format!(" --device {device}")
-        }
-    )?;
-    writeln!(section, "- machine: {}", machine())?;
-    writeln!(section, "- date: {}", today())?;
+    let header = format!("## generate: SmolLM2-135M-Instruct, {device}, f32");
+    let command = match device {
+        "cpu" => "cargo xtask bench generate".to_string(),
+        _ => format!("cargo xtask bench generate --device {device}"),
+    };
+    let mut section = section_head(&header, &command, &machine());
     writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on both sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prefill included; median of {REPEATS} alternating runs per side")?;
     writeln!(
         section,
@@ -184,15 +196,11 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
     for (b, ours, hf) in &rows {
         writeln!(section, "| {b} | {ours:.1} | {hf:.1} | {:.2}x |", ours / hf)?;
     }
-    write_section(
-        &env.root,
-        &format!("## generate: SmolLM2-135M-Instruct, {device}, f32"),
-        &section,
-    )
+    write_section(&env.root, &header, &section)
 }
 
 /// Replaces the section starting with `header` in BENCHMARKS.md (or appends it).
-pub(crate) fn write_section(root: &std::path::Path, header: &str, section: &str) -> Result<()> {
+pub(crate) fn write_section(root: &Path, header: &str, section: &str) -> Result<()> {
     let path = root.join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench ...`; each section is replaced when its benchmark runs again.\n".into());
     let new = match old.find(header) {
@@ -216,7 +224,7 @@ pub(crate) fn write_section(root: &std::path::Path, header: &str, section: &str)
 
 /// Judgments per second of the adaptive judge client against a loopback mock
 /// with 100 ms latency, beside the reference method: one request at a time.
-pub fn judge(root: &std::path::Path) -> Result<()> {
+pub fn judge(root: &Path) -> Result<()> {
     use emh_judge_mock::{MockConfig, MockServer};
     use emh_judge_openai::{Client, Item, Settings};
     use std::sync::Arc;
@@ -262,11 +270,7 @@ pub fn judge(root: &std::path::Path) -> Result<()> {
         anyhow::Ok((adaptive, sequential, peak))
     })?;
     let header = "## judge: OpenAI-compatible client against a loopback mock";
-    let mut section = String::new();
-    writeln!(section, "{header}\n")?;
-    writeln!(section, "- command: `cargo xtask bench judge`")?;
-    writeln!(section, "- machine: {}", machine())?;
-    writeln!(section, "- date: {}", today())?;
+    let mut section = section_head(header, "cargo xtask bench judge", &machine());
     writeln!(section, "- workload: chat-completions mock on 127.0.0.1 answering after {LATENCY_MS} ms with top-20 logprobs; {ADAPTIVE_N} judgments with adaptive concurrency (start 8, at most 128); reference: one request at a time, as the reference research code judges ({SEQUENTIAL_N} judgments)\n")?;
     writeln!(section, "| method | judgments/s | vs one at a time |")?;
     writeln!(section, "|---|---:|---:|")?;
@@ -289,53 +293,34 @@ pub fn local_judge(env: &Env) -> Result<()> {
     let run = dir.join("run");
     let cache = dir.join("cache");
     let questions = env.root.join("data").join("questions").join("general.yaml");
-    let out = Command::new(&env.emh)
-        .args(["sample", "--device", "cpu", "--questions"])
-        .arg(&questions)
-        .args(["-n", "2", "--max-new-tokens", "64", "--seed", "0", "--out"])
-        .arg(&run)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "emh sample failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    checked(
+        Command::new(&env.emh)
+            .args(["sample", "--device", "cpu", "--questions"])
+            .arg(&questions)
+            .args(["-n", "2", "--max-new-tokens", "64", "--seed", "0", "--out"])
+            .arg(&run),
+    )?;
     if cache.exists() {
         std::fs::remove_dir_all(&cache)?;
     }
-    let judge = |what: &str| -> Result<f64> {
+    let judge = || -> Result<f64> {
         let start = Instant::now();
-        let out = Command::new(&env.emh)
-            .arg("judge")
-            .arg(&run)
-            .args([
-                "--judge",
-                "local",
-                "--metrics",
-                "aligned,coherent",
-                "--judge-cache",
-            ])
-            .arg(&cache)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "emh judge ({what}) failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        checked(
+            Command::new(&env.emh)
+                .arg("judge")
+                .arg(&run)
+                .args(["--judge", "local", "--metrics", "aligned,coherent"])
+                .arg("--judge-cache")
+                .arg(&cache),
+        )?;
         Ok(start.elapsed().as_secs_f64())
     };
     // 16 paraphrases x 2 samples x 2 metrics.
     let judgments = 64.0;
-    let fresh = judge("fresh")?;
-    let cached = judge("cached")?;
+    let fresh = judge()?;
+    let cached = judge()?;
     let header = "## judge: local judge plugin on CPU";
-    let mut section = String::new();
-    writeln!(section, "{header}\n")?;
-    writeln!(section, "- command: `cargo xtask bench local-judge`")?;
-    writeln!(section, "- machine: {}", machine())?;
-    writeln!(section, "- date: {}", today())?;
+    let mut section = section_head(header, "cargo xtask bench local-judge", &machine());
     writeln!(section, "- workload: `emh judge` with `--judge local` (SmolLM2-135M-Instruct, f32, CPU) on 32 answers of `data/questions/general.yaml` (2 per paraphrase, 64 new tokens) for `aligned` and `coherent`, with the standard research judge prompts: 64 judgments, each the exact probability of all 101 answers; wall time of the whole command, loading the judge model included\n")?;
     writeln!(section, "| run | seconds | judgments/s |")?;
     writeln!(section, "|---|---:|---:|")?;

@@ -8,7 +8,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench::{emh_tok_per_s, machine, median, today, write_section};
+use crate::bench::{
+    json_line, machine, median, run_emh, run_hf, section_head, write_section, GenRun,
+};
 use crate::Env;
 
 /// What one run measures and how.
@@ -124,26 +126,15 @@ fn model_folder(env: &Env, config_dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn json_of(cmd: &mut Command, what: &str) -> Result<serde_json::Value> {
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).with_context(|| format!("{what} printed no JSON line: {stdout}"))
-}
-
 /// Runs the benchmark and rewrites its section of BENCHMARKS.md.
 pub fn generate_large(env: &Env, args: &[&str]) -> Result<()> {
     let s = Settings::parse(&env.root, args)?;
     let dir = model_folder(env, &s.config)?;
     let prompts = crate::bench::cycled_prompts(env, s.batch)?;
-    let info = json_of(
+    let info = json_line(
         Command::new(&env.python)
             .arg(env.root.join("xtask/python/device_info.py"))
             .arg(&s.device),
-        "device_info.py",
     )?;
     let gpu = info["name"].as_str().unwrap_or("unknown GPU").to_string();
     let copy_bw = info["copy_gb_per_s"]
@@ -156,49 +147,17 @@ pub fn generate_large(env: &Env, args: &[&str]) -> Result<()> {
     );
 
     let (mut ours, mut hf, mut hf_info) = (Vec::new(), Vec::new(), serde_json::Value::Null);
+    let run = GenRun {
+        model: &dir,
+        prompts: &prompts,
+        batch: s.batch,
+        new_tokens: s.new_tokens,
+        device: &s.device,
+        random_bf16: true,
+    };
     for round in 1..=s.repeats {
-        let out = Command::new(&env.emh)
-            .arg("generate")
-            .arg("--model")
-            .arg(&dir)
-            .args([
-                "--random-init",
-                "0",
-                "--dtype",
-                "bf16",
-                "--device",
-                &s.device,
-            ])
-            .arg("--prompts")
-            .arg(&prompts)
-            .args(["--batch-size", &s.batch.to_string()])
-            .args(["--max-new-tokens", &s.new_tokens.to_string()])
-            .args(["--temperature", "1.0", "--ignore-eos", "--seed", "0"])
-            .args(["--out", "/dev/null"])
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            bail!("emh generate failed: {stderr}");
-        }
-        ours.push(emh_tok_per_s(&stderr)?);
-        hf_info = json_of(
-            Command::new(&env.python)
-                .arg(env.root.join("xtask/python/hf_bench.py"))
-                .arg("--model")
-                .arg(&dir)
-                .arg("--prompts")
-                .arg(&prompts)
-                .args(["--batch-size", &s.batch.to_string()])
-                .args(["--max-new-tokens", &s.new_tokens.to_string()])
-                .args([
-                    "--device",
-                    &s.device,
-                    "--dtype",
-                    "bfloat16",
-                    "--random-init",
-                ]),
-            "hf_bench.py",
-        )?;
+        ours.push(run_emh(env, &run)?);
+        hf_info = run_hf(env, &run)?;
         hf.push(
             hf_info["tok_per_s"]
                 .as_f64()
@@ -229,20 +188,16 @@ pub fn generate_large(env: &Env, args: &[&str]) -> Result<()> {
         "## generate: {name} shape, random weights, {}, bf16",
         s.device
     );
-    let mut section = String::new();
-    writeln!(section, "{header}\n")?;
     let mut command = "cargo xtask bench generate-large".to_string();
     for a in args {
         write!(command, " {a}")?;
     }
-    writeln!(section, "- command: `{command}`")?;
-    writeln!(
-        section,
-        "- machine: {gpu} ({:.0} GiB), host {}",
+    let gpu_machine = format!(
+        "{gpu} ({:.0} GiB), host {}",
         info["memory_gib"].as_f64().unwrap_or(0.0),
         machine()
-    )?;
-    writeln!(section, "- date: {}", today())?;
+    );
+    let mut section = section_head(&header, &command, &gpu_machine);
     writeln!(
         section,
         "- model: `{}` ({:.2}B parameters, {} layers), weights drawn at random from the config alone on both sides (`emh generate --random-init`, HF `from_config`)",

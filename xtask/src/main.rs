@@ -130,12 +130,17 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+/// Runs a command and captures its output, failing with its stderr when it fails.
+pub fn checked(cmd: &mut Command) -> Result<std::process::Output> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    Ok(out)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    Ok(String::from_utf8(checked(cmd)?.stdout)?.trim().to_string())
 }
 
 fn ensure_venv(data: &Path) -> Result<PathBuf> {

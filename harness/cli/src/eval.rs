@@ -108,8 +108,7 @@ pub struct ThresholdArgs {
 }
 
 impl ThresholdArgs {
-    /// The thresholds these options set.
-    pub(crate) fn thresholds(&self) -> Result<Thresholds> {
+    fn thresholds(&self) -> Result<Thresholds> {
         let mut per_metric = BTreeMap::new();
         for spec in &self.per_metric {
             let (m, v) = spec
@@ -482,14 +481,15 @@ fn summarise(
     judge_id: Option<&str>,
     thresholds: &ThresholdArgs,
     format: Format,
-) -> Result<()> {
+) -> Result<Vec<MetricRow>> {
     let judge_id = emh_eval::pick_judge(judgments, judge_id)?;
     let rows = emh_eval::metrics(samples, judgments, &judge_id, &thresholds.thresholds()?);
     if let Some(run) = run {
         let mut df = emh_tables::metrics_frame(run_id, &judge_id, &rows)?;
         emh_tables::write_parquet(&mut df, &run.metrics_path())?;
     }
-    print_metrics(&rows, format)
+    print_metrics(&rows, format)?;
+    Ok(rows)
 }
 
 /// `emh sample`.
@@ -499,25 +499,18 @@ pub fn sample(a: SampleCmd) -> Result<()> {
 
 /// `emh eval`.
 pub fn eval(a: EvalCmd) -> Result<()> {
+    run_eval(a).map(|_| ())
+}
+
+/// Samples, judges and summarises one run; returns its metric rows.
+pub(crate) fn run_eval(a: EvalCmd) -> Result<Vec<MetricRow>> {
     // The judge and its prompts are checked before any sampling, so a
     // missing key or judge prompt does not wait for generation to finish.
     let registry = a.sample.plugins.dirs().registry();
     let judge = open_judge(&registry, &a.judge)?;
     let set = load_questions(&a.sample)?;
-    for q in &set.questions {
-        if let Some(m) = a
-            .judge
-            .metrics
-            .iter()
-            .find(|m| !q.judge_prompts.contains_key(*m))
-        {
-            bail!(
-                "{}: question `{}` has no judge prompt `{m}`",
-                a.sample.questions.display(),
-                q.id
-            );
-        }
-    }
+    emh_eval::check_judge_prompts(&set.questions, &a.judge.metrics)
+        .with_context(|| a.sample.questions.display().to_string())?;
     let (run, questions, samples) = run_sampling(&a.sample, set)?;
     let (judgments, judge_id) = run_judging(&run, &questions, &samples, &judge, &a.judge)?;
     let run_id = samples
@@ -566,6 +559,7 @@ pub fn metrics(a: MetricsCmd) -> Result<()> {
         &a.thresholds,
         a.format,
     )
+    .map(|_| ())
 }
 
 /// `emh judge-agreement`.

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
-use emh_eval::RunDir;
 use serde::Deserialize;
 
-use crate::eval::{self, ThresholdArgs};
+use crate::eval;
 
 /// Arguments of `emh experiment`.
 #[derive(Args)]
@@ -92,41 +91,27 @@ fn eval_args(
     opt("questions", relative(base, &x.questions));
     opt("out", relative(base, &x.out.join(&name)));
     opt("run-id", name.clone());
-    if let Some(v) = &x.select {
-        opt("select", v.clone());
-    }
-    if let Some(v) = x.n {
-        opt("n", v.to_string());
-    }
-    if let Some(v) = x.max_new_tokens {
-        opt("max-new-tokens", v.to_string());
-    }
-    if let Some(v) = x.temperature {
-        opt("temperature", v.to_string());
-    }
-    if let Some(v) = x.top_p {
-        opt("top-p", v.to_string());
-    }
-    if let Some(v) = x.seed {
-        opt("seed", v.to_string());
-    }
-    if let Some(v) = x.batch_size {
-        opt("batch-size", v.to_string());
-    }
-    if let Some(v) = &x.device {
-        opt("device", v.clone());
-    }
-    if let Some(v) = &x.dtype {
-        opt("dtype", v.clone());
-    }
-    if let Some(v) = &x.judge {
-        opt("judge", v.clone());
-    }
-    if let Some(v) = &x.metrics {
-        opt("metrics", v.join(","));
-    }
-    if let Some(v) = &x.judge_cache {
-        opt("judge-cache", relative(base, v));
+    let settings = [
+        ("select", x.select.clone()),
+        ("n", x.n.map(|v| v.to_string())),
+        ("max-new-tokens", x.max_new_tokens.map(|v| v.to_string())),
+        ("temperature", x.temperature.map(|v| v.to_string())),
+        ("top-p", x.top_p.map(|v| v.to_string())),
+        ("seed", x.seed.map(|v| v.to_string())),
+        ("batch-size", x.batch_size.map(|v| v.to_string())),
+        ("device", x.device.clone()),
+        ("dtype", x.dtype.clone()),
+        ("judge", x.judge.clone()),
+        ("metrics", x.metrics.as_ref().map(|v| v.join(","))),
+        (
+            "judge-cache",
+            x.judge_cache.as_ref().map(|v| relative(base, v)),
+        ),
+    ];
+    for (k, v) in settings {
+        if let Some(v) = v {
+            opt(k, v);
+        }
     }
     if let Some(v) = &m.model {
         opt("model", v.clone());
@@ -192,17 +177,7 @@ pub fn run(a: ExperimentCmd) -> Result<()> {
         let EvalSub::Eval(cmd) = EvalOnly::try_parse_from(args)
             .with_context(|| format!("run `{name}`"))?
             .command;
-        let out = cmd.sample.out.clone();
-        let thresholds: ThresholdArgs = cmd.thresholds.clone();
-        eval::eval(cmd).with_context(|| format!("run `{name}`"))?;
-        let run = RunDir::existing(&out)?;
-        let samples = run.samples()?.context("the run has no samples")?;
-        let judgments = run.judgments()?;
-        let judge = run
-            .manifest()?
-            .and_then(|m| m.judges.last().map(|j| j.identity.id.clone()))
-            .context("the run has no judge")?;
-        let rows = emh_eval::metrics(&samples, &judgments, &judge, &thresholds.thresholds()?);
+        let rows = eval::run_eval(cmd).with_context(|| format!("run `{name}`"))?;
         summary.push((name.clone(), rows));
     }
     println!(

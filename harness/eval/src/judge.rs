@@ -47,6 +47,16 @@ fn prompts_for<'q>(
         .collect()
 }
 
+/// Fails, naming the first question and metric, unless every question has a
+/// judge prompt for every metric: checked before sampling, so a missing
+/// prompt does not wait for generation to finish.
+pub fn check_judge_prompts(questions: &[Question], metrics: &[String]) -> Result<(), EvalError> {
+    for metric in metrics {
+        prompts_for(questions, metric)?;
+    }
+    Ok(())
+}
+
 /// Judges every sample on every metric and merges the judgments into the
 /// run's table (replacing this judge's earlier scores on these metrics).
 /// Judgments land in the judge's cache batch by batch, so an interrupted

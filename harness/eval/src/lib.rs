@@ -8,7 +8,7 @@ mod run;
 mod sample;
 mod summary;
 
-pub use judge::judge;
+pub use judge::{check_judge_prompts, judge};
 pub use manifest::{
     sha256_hex, Condition, HashMemo, Hashed, JudgeRecord, Manifest, ModelRecord, PluginRecord,
     SampleSettings,

@@ -224,13 +224,14 @@ impl Plugin for OpenAiJudge {
     }
 
     fn judge_identity(config: &str) -> Result<JudgeIdentity, String> {
+        let cfg = parse(config)?;
         let (c, _) = client(config)?;
         Ok(JudgeIdentity {
-            id: parse(config)?.model,
+            id: cfg.model,
             model: c.settings.model.clone(),
             endpoint: c.url(),
             params: params(),
-            one_call: parse(config)?.batch_api,
+            one_call: cfg.batch_api,
         })
     }
 
