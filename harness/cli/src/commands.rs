@@ -362,10 +362,14 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 }
 
 fn write_safetensors(path: &Path, tensors: &[(&str, tch::Tensor)]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    tch::Tensor::write_safetensors(tensors, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    emh_atomic::replace(
+        path,
+        |tmp| {
+            tch::Tensor::write_safetensors(tensors, tmp)
+                .with_context(|| format!("writing {}", tmp.display()))
+        },
+        |p, e| anyhow::Error::new(e).context(format!("writing {}", p.display())),
+    )
 }
 
 /// Arguments of `emh tokenize`.

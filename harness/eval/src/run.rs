@@ -27,18 +27,7 @@ pub struct RunDir {
 
 /// Writes `bytes` to `path` whole or not at all.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
-    let tmp = path.with_extension(format!(
-        "{}.partial",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| EvalError::io(path, e))
+    emh_atomic::write(path, bytes).map_err(|e| EvalError::io(path, e))
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, EvalError> {

@@ -160,9 +160,11 @@ fn write_shard(shard: &Shard, dtype: OutputDtype, path: &Path) -> Result<(), Ggu
         })
         .collect::<Result<Vec<_>, _>>()?;
     let meta = Some([("format".to_string(), "pt".to_string())].into());
-    let tmp = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(views, meta, &tmp).map_err(|e| err(e.to_string()))?;
-    fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    emh_atomic::replace(
+        path,
+        |tmp| safetensors::serialize_to_file(views, meta, tmp).map_err(|e| err(e.to_string())),
+        |_, e| err(e.to_string()),
+    )
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<(), GgufError> {

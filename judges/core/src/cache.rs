@@ -94,16 +94,8 @@ impl Cache {
         };
         let parent = path.parent().expect("cache files live in a shard folder");
         std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
-        // A unique temporary name, so concurrent writers of one key never mix bytes.
-        let tmp = parent.join(format!(
-            ".{}.{}.{:?}.tmp",
-            key.0,
-            std::process::id(),
-            std::thread::current().id()
-        ));
         let text = serde_json::to_string(judgment).expect("judgments serialise");
-        std::fs::write(&tmp, text).map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))
+        emh_atomic::write(&path, text.as_bytes()).map_err(|e| err(e.to_string()))
     }
 }
 

@@ -11,7 +11,7 @@ use emh_judge_core::TopToken;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::{params, top_tokens, Api, Client, JudgeError};
+use crate::{params, retry_after, top_tokens, Api, Client, JudgeError};
 
 /// The endpoint every batch line calls.
 const ENDPOINT: &str = "/v1/chat/completions";
@@ -28,7 +28,7 @@ impl Client {
     }
 
     /// Sends a request built by `build`, retrying transport errors, 429 and
-    /// 5xx with backoff; returns the body text.
+    /// 5xx with backoff (or as long as Retry-After says); returns the body text.
     async fn send_with_retries(
         &self,
         what: &str,
@@ -40,9 +40,11 @@ impl Client {
             if let Some(k) = &self.key {
                 req = req.bearer_auth(k);
             }
+            let mut after = None;
             match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
+                    after = retry_after(resp.headers());
                     let text = resp.text().await.unwrap_or_default();
                     if status.is_success() {
                         return Ok(text);
@@ -56,7 +58,7 @@ impl Client {
             }
             if tries < self.settings.max_tries {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(self.backoff(tries)).await;
+                tokio::time::sleep(after.unwrap_or_else(|| self.backoff(tries))).await;
             }
         }
         Err(self.batch_err(
@@ -154,9 +156,7 @@ impl Client {
                 let id = self.submit(prompts).await?;
                 std::fs::create_dir_all(state_dir)
                     .and_then(|_| {
-                        let tmp = state.with_extension("json.partial");
-                        std::fs::write(&tmp, json!({"batch_id": id}).to_string())?;
-                        std::fs::rename(&tmp, &state)
+                        emh_atomic::write(&state, json!({"batch_id": id}).to_string().as_bytes())
                     })
                     .map_err(|e| {
                         self.batch_err(

@@ -212,13 +212,17 @@ pub fn write_reference_csv(
         Column::new("finish_reason".into(), strings(|s| &s.finish_reason)),
     ]);
     let mut df = frame("csv", columns)?;
-    let tmp = path.with_extension("csv.partial");
-    let file = std::fs::File::create(&tmp).map_err(|e| TableError::file(&tmp, e))?;
-    CsvWriter::new(file)
-        .include_header(true)
-        .finish(&mut df)
-        .map_err(|e| TableError::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TableError::file(path, e))
+    emh_atomic::replace(
+        path,
+        |tmp| {
+            let file = std::fs::File::create(tmp).map_err(|e| TableError::file(tmp, e))?;
+            CsvWriter::new(file)
+                .include_header(true)
+                .finish(&mut df)
+                .map_err(|e| TableError::file(tmp, e))
+        },
+        TableError::file,
+    )
 }
 
 #[cfg(test)]

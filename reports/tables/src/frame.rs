@@ -9,15 +9,17 @@ use crate::TableError;
 /// Writes `df` to `path` as Parquet: to a temporary file first, renamed into
 /// place, so a reader never sees a half-written table.
 pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), TableError> {
-    let tmp = path.with_extension("parquet.partial");
-    let file = std::fs::File::create(&tmp).map_err(|e| TableError::file(&tmp, e))?;
-    ParquetWriter::new(file)
-        .finish(df)
-        .map_err(|e| TableError::file(&tmp, e))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| TableError::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TableError::file(path, e))
+    emh_atomic::replace(
+        path,
+        |tmp| {
+            let file = std::fs::File::create(tmp).map_err(|e| TableError::file(tmp, e))?;
+            ParquetWriter::new(file)
+                .finish(df)
+                .map(|_| ())
+                .map_err(|e| TableError::file(tmp, e))
+        },
+        TableError::file,
+    )
 }
 
 /// Reads a Parquet table.
@@ -128,7 +130,13 @@ mod tests {
         let path = tmp.path().join("samples.parquet");
         let samples = vec![sample, with_system];
         write_parquet(&mut samples_frame(&samples).unwrap(), &path).unwrap();
-        assert!(!tmp.path().join("samples.parquet.partial").exists());
+        let partial = std::fs::read_dir(tmp.path()).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".partial")
+        });
+        assert!(!partial, "a temporary file was left beside the table");
         let back = samples_from_frame(&read_parquet(&path).unwrap()).unwrap();
         assert_eq!(back, samples);
         let path = tmp.path().join("judgments.parquet");
