@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use emh_plugin_api::Organism;
+use emh_plugins::Registry;
 use emh_runtime::{generate as run_generate, GenRequest, HookSet, Model, SamplingParams};
 use emh_text::{ChatTemplate, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -216,13 +217,13 @@ fn open_out(out: &Option<PathBuf>) -> Result<Box<dyn Write>> {
 pub(crate) fn load_with_plugins(
     model: &ModelArgs,
     plugins: &PluginUseArgs,
+    registry: &Registry,
     raw: bool,
 ) -> Result<(Loaded, HookSet, Vec<Applied>)> {
-    let registry = plugins.registry();
-    let organism = plugins.organism(&registry)?;
+    let organism = plugins.organism(registry)?;
     let mut loaded = model.load(raw, organism.as_ref().map(|o| &o.0))?;
     let mut hooks = HookSet::new();
-    let mut applied = plugins.apply(&registry, &mut loaded.model, &mut hooks)?;
+    let mut applied = plugins.apply(registry, &mut loaded.model, &mut hooks)?;
     applied.extend(organism.map(|o| o.1));
     Ok((loaded, hooks, applied))
 }
@@ -233,7 +234,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         bail!("-n and --batch-size must be at least 1");
     }
     let lines = a.prompts.lines()?;
-    let (loaded, mut hooks, applied) = load_with_plugins(&a.model, &a.plugins, a.prompts.raw)?;
+    let (loaded, mut hooks, applied) =
+        load_with_plugins(&a.model, &a.plugins, &a.plugins.registry(), a.prompts.raw)?;
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),
@@ -340,7 +342,8 @@ pub struct LogitsArgs {
 /// `emh logits`.
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let lines = a.prompts.lines()?;
-    let (loaded, mut hooks, _) = load_with_plugins(&a.model, &a.plugins, a.prompts.raw)?;
+    let (loaded, mut hooks, _) =
+        load_with_plugins(&a.model, &a.plugins, &a.plugins.registry(), a.prompts.raw)?;
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),

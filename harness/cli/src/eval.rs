@@ -223,11 +223,12 @@ fn load_questions(a: &SampleArgs) -> Result<QuestionSet> {
 fn run_sampling(
     a: &SampleArgs,
     set: QuestionSet,
+    registry: &Registry,
 ) -> Result<(RunDir, Vec<Question>, Vec<SampleRow>)> {
     if a.batch_size == 0 || a.n == Some(0) {
         bail!("--batch-size and -n must be at least 1");
     }
-    let (loaded, mut hooks, applied) = load_with_plugins(&a.model, &a.plugins, false)?;
+    let (loaded, mut hooks, applied) = load_with_plugins(&a.model, &a.plugins, registry, false)?;
     let template = loaded
         .template
         .as_ref()
@@ -494,7 +495,8 @@ fn summarise(
 
 /// `emh sample`.
 pub fn sample(a: SampleCmd) -> Result<()> {
-    run_sampling(&a.sample, load_questions(&a.sample)?).map(|_| ())
+    let registry = a.sample.plugins.registry();
+    run_sampling(&a.sample, load_questions(&a.sample)?, &registry).map(|_| ())
 }
 
 /// `emh eval`.
@@ -506,12 +508,12 @@ pub fn eval(a: EvalCmd) -> Result<()> {
 pub(crate) fn run_eval(a: EvalCmd) -> Result<Vec<MetricRow>> {
     // The judge and its prompts are checked before any sampling, so a
     // missing key or judge prompt does not wait for generation to finish.
-    let registry = a.sample.plugins.dirs().registry();
+    let registry = a.sample.plugins.registry();
     let judge = open_judge(&registry, &a.judge)?;
     let set = load_questions(&a.sample)?;
     emh_eval::check_judge_prompts(&set.questions, &a.judge.metrics)
         .with_context(|| a.sample.questions.display().to_string())?;
-    let (run, questions, samples) = run_sampling(&a.sample, set)?;
+    let (run, questions, samples) = run_sampling(&a.sample, set, &registry)?;
     let (judgments, judge_id) = run_judging(&run, &questions, &samples, &judge, &a.judge)?;
     let run_id = samples
         .first()

@@ -70,11 +70,6 @@ impl PluginUseArgs {
         self.plugins.registry()
     }
 
-    /// The plugin folders and files of these arguments.
-    pub fn dirs(&self) -> PluginArgs {
-        self.plugins.clone()
-    }
-
     /// The organism of --organism, if given.
     pub fn organism(&self, registry: &Registry) -> Result<Option<(Organism, Applied)>> {
         let Some(spec) = &self.organism else {
