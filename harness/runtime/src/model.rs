@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use emh_kernels::{CacheShape, Packed, Pool, Weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::cache::KvCache;
@@ -10,45 +11,110 @@ use crate::lora::{Adapter, Module};
 use crate::weights::WeightFiles;
 use crate::{ModelConfig, RuntimeError};
 
-/// A weight matrix `[out, in]` (and bias) in the layout its device multiplies fastest.
+/// A weight matrix `[out, in]` (and bias), multiplied the fastest way its device has.
 struct Linear {
     w: Tensor,
     bias: Option<Tensor>,
-    /// On CPU, oneDNN's blocked layout multiplies small batches about twice
-    /// as fast as the default BLAS path; elsewhere the weight stays dense.
-    onednn: bool,
+    path: LinearPath,
+}
+
+/// How a `Linear` multiplies.
+enum LinearPath {
+    /// f32 on a CPU with AVX2: emh's own kernels, over the dense weights or,
+    /// when they are exactly 4/8-bit blocks (weights imported from a
+    /// quantized GGUF file), over those blocks, a quarter to a third of the
+    /// bytes.
+    Kernels(Option<Packed>),
+    /// f32 on other CPUs: oneDNN's blocked layout, which multiplies small
+    /// batches about twice as fast as the default BLAS path.
+    OneDnn(Tensor),
+    /// Everything else: ATen's `linear`.
+    Aten,
 }
 
 impl Linear {
     fn new(w: Tensor, bias: Option<Tensor>) -> Self {
-        let onednn =
-            w.device() == Device::Cpu && w.kind() == Kind::Float && tch::utils::has_mkldnn();
+        let cpu_f32 = w.device() == Device::Cpu && w.kind() == Kind::Float;
+        let path = if cpu_f32 && emh_kernels::fast() {
+            let w = w.contiguous();
+            let [rows, cols] = w.size()[..] else {
+                unreachable!("weight matrices are 2-d")
+            };
+            LinearPath::Kernels(Packed::exact(f32_slice(&w), rows as usize, cols as usize))
+        } else if cpu_f32 && tch::utils::has_mkldnn() {
+            LinearPath::OneDnn(w.to_mkldnn())
+        } else {
+            LinearPath::Aten
+        };
         Linear {
-            w: if onednn { w.to_mkldnn() } else { w },
+            w: w.contiguous(),
             bias,
-            onednn,
+            path,
         }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = if self.onednn {
-            let mut shape = x.size();
-            let k = *shape.last().expect("activations have a feature dimension");
-            let y = x
+        let mut shape = x.size();
+        let k = *shape.last().expect("activations have a feature dimension");
+        let y = match &self.path {
+            LinearPath::Aten => return x.linear(&self.w, self.bias.as_ref()),
+            LinearPath::OneDnn(w) => x
                 .reshape([-1, k])
                 .to_mkldnn()
-                .mkldnn_linear::<Tensor>(&self.w, None)
-                .to_dense(None, false);
-            *shape.last_mut().expect("same rank") = y.size()[1];
-            y.view(shape.as_slice())
-        } else {
-            return x.linear(&self.w, self.bias.as_ref());
+                .mkldnn_linear::<Tensor>(w, None)
+                .to_dense(None, false),
+            LinearPath::Kernels(packed) => {
+                let x = x.reshape([-1, k]).contiguous();
+                let rows = self.w.size()[0];
+                let mut y = Tensor::empty([x.size()[0], rows], (Kind::Float, Device::Cpu));
+                let weights = match packed {
+                    Some(p) => Weights::Packed(p),
+                    None => Weights::Dense {
+                        data: f32_slice(&self.w),
+                        rows: rows as usize,
+                        cols: k as usize,
+                    },
+                };
+                emh_kernels::linear(
+                    Pool::global(),
+                    f32_slice(&x),
+                    weights,
+                    f32_slice_mut(&mut y),
+                );
+                y
+            }
         };
+        *shape.last_mut().expect("same rank") = y.size()[1];
+        let y = y.view(shape.as_slice());
         match &self.bias {
             Some(b) => y + b,
             None => y,
         }
     }
+}
+
+/// The values of a contiguous f32 CPU tensor.
+fn f32_slice(t: &Tensor) -> &[f32] {
+    assert!(t.is_contiguous() && t.kind() == Kind::Float && t.device() == Device::Cpu);
+    let n = t.numel();
+    if n == 0 {
+        return &[];
+    }
+    // SAFETY: a contiguous f32 CPU tensor holds `n` f32 values at its data
+    // pointer, alive and unmoved while `t` is borrowed.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
+}
+
+/// The values of a contiguous f32 CPU tensor, to write.
+fn f32_slice_mut(t: &mut Tensor) -> &mut [f32] {
+    assert!(t.is_contiguous() && t.kind() == Kind::Float && t.device() == Device::Cpu);
+    let n = t.numel();
+    if n == 0 {
+        return &mut [];
+    }
+    // SAFETY: as above, and `t` is borrowed mutably. The tensor must not
+    // share storage with another; callers pass freshly allocated ones.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
 }
 
 struct Layer {
@@ -126,6 +192,10 @@ enum Attention {
     /// decoding); `bias` `[b * kv_heads, group * t, total]` is 0 where a
     /// key is visible and -inf where it is not.
     Grouped { bias: Tensor },
+    /// One new token per sequence, f32 on a CPU with AVX2: emh's kernels
+    /// over the cache, on all cores; `bias` `[b, total]` is 0 where a key
+    /// is visible and -inf where it is not.
+    OneToken { bias: Option<Tensor> },
 }
 
 impl Model {
@@ -173,6 +243,12 @@ impl Model {
         untied_head: bool,
         load: impl Fn(&str, &[usize]) -> Result<Tensor, RuntimeError>,
     ) -> Result<Self, RuntimeError> {
+        if device == Device::Cpu && kind == Kind::Float && emh_kernels::fast() {
+            // The products and one-token attention run on emh's kernel
+            // threads, which spin between jobs; torch's own worker threads
+            // would fight them for the same cores.
+            tch::set_num_threads(1);
+        }
         let c = &config;
         let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q_rows, kv_rows) = (c.num_heads * hd, c.num_kv_heads * hd);
@@ -328,9 +404,16 @@ impl Model {
                 is_causal,
             };
         }
+        let total = cache.len + t;
+        if t == 1 && self.device == Device::Cpu && self.kind == Kind::Float && emh_kernels::fast() {
+            let bias = visible.map(|v| {
+                Tensor::zeros([batch, total], (Kind::Float, Device::Cpu))
+                    .masked_fill(&v.view([batch, total]).logical_not(), f64::NEG_INFINITY)
+            });
+            return Attention::OneToken { bias };
+        }
         let c = &self.config;
         let (nkv, group) = (c.num_kv_heads as i64, (c.num_heads / c.num_kv_heads) as i64);
-        let total = cache.len + t;
         // Rows of a group's stacked queries are ordered (head in group, token).
         let bias = match visible {
             Some(v) => Tensor::zeros([1], (self.kind, self.device)).masked_fill(
@@ -368,6 +451,7 @@ impl Model {
                 )
             }
             Attention::Grouped { bias } => bias,
+            Attention::OneToken { .. } => unreachable!("one-token attention reads the whole cache"),
         };
         // Two batched matmuls that read each key/value head once for its
         // whole group of query heads: on CPU, SDPA's kernels are slow for
@@ -386,6 +470,53 @@ impl Model {
             .to_kind(self.kind)
             .bmm(&values.reshape([b * nkv, total, d]))
             .view([b, nh, t, d])
+    }
+
+    /// Attention of one new query per head `q` `[b, heads, 1, d]` over the
+    /// first `total` slots of a layer's whole cache `keys` / `values`, with
+    /// emh's kernels (see `Attention::OneToken`).
+    fn attend_one(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        total: i64,
+        bias: Option<&Tensor>,
+    ) -> Tensor {
+        let c = &self.config;
+        let [b, nh, _, d] = q.size()[..] else {
+            unreachable!("queries are 4-d")
+        };
+        let shape = CacheShape {
+            batch: b as usize,
+            heads: nh as usize,
+            kv_heads: c.num_kv_heads as usize,
+            head_dim: d as usize,
+            capacity: keys.size()[2] as usize,
+            len: total as usize,
+        };
+        let q = q.contiguous();
+        let pool = Pool::global();
+        let mut scores = Tensor::empty([b, nh, total], (Kind::Float, Device::Cpu));
+        emh_kernels::attention_scores(
+            pool,
+            &shape,
+            f32_slice(&q),
+            f32_slice(keys),
+            (d as f32).powf(-0.5),
+            bias.map(f32_slice),
+            f32_slice_mut(&mut scores),
+        );
+        let probs = scores.softmax(-1, Kind::Float);
+        let mut out = Tensor::empty([b, nh, 1, d], (Kind::Float, Device::Cpu));
+        emh_kernels::attention_mix(
+            pool,
+            &shape,
+            f32_slice(&probs),
+            f32_slice(values),
+            f32_slice_mut(&mut out),
+        );
+        out
     }
 
     /// Runs `ids` `[batch, seq]` at `positions` through the model, appending
@@ -445,9 +576,16 @@ impl Model {
                 .transpose(1, 2);
             cache.k[l].narrow(2, cache.len, t).copy_(&k);
             cache.v[l].narrow(2, cache.len, t).copy_(&v);
-            let keys = cache.k[l].narrow(2, 0, total);
-            let values = cache.v[l].narrow(2, 0, total);
-            let attn = self.attention(&q, &keys, &values, &plan);
+            let attn = match &plan {
+                Attention::OneToken { bias } => {
+                    self.attend_one(&q, &cache.k[l], &cache.v[l], total, bias.as_ref())
+                }
+                _ => {
+                    let keys = cache.k[l].narrow(2, 0, total);
+                    let values = cache.v[l].narrow(2, 0, total);
+                    self.attention(&q, &keys, &values, &plan)
+                }
+            };
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
             let mut o = layer.o.forward(&attn);
             self.add_lora(l, Module::O, &attn, &mut o, phase);

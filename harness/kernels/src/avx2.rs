@@ -1,0 +1,226 @@
+//! The AVX2/FMA inner loops, each with a plain fallback.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use crate::pack::{q4_1_value, q8_0_value, Q4_1Block, Q8_0Block, BLOCK};
+
+/// Whether the AVX2 and FMA paths can run here.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Writes the f32 values of `blocks` to `out`, exactly as the GGUF import does.
+pub(crate) fn unpack_q4_1(blocks: &[Q4_1Block], out: &mut [f32]) {
+    assert_eq!(out.len(), blocks.len() * BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the processor has AVX2 and FMA, and `out` holds 32 values per block.
+        unsafe { unpack_q4_1_avx2(blocks, out) };
+        return;
+    }
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(BLOCK)) {
+        for j in 0..16 {
+            y[j] = q4_1_value(b.qs[j] & 0xF, b.d, b.m);
+            y[j + 16] = q4_1_value(b.qs[j] >> 4, b.d, b.m);
+        }
+    }
+}
+
+/// Writes the f32 values of `blocks` to `out`, exactly as the GGUF import does.
+pub(crate) fn unpack_q8_0(blocks: &[Q8_0Block], out: &mut [f32]) {
+    assert_eq!(out.len(), blocks.len() * BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: as above.
+        unsafe { unpack_q8_0_avx2(blocks, out) };
+        return;
+    }
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(BLOCK)) {
+        for (v, &q) in y.iter_mut().zip(&b.qs) {
+            *v = q8_0_value(q, b.d);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack_q4_1_avx2(blocks: &[Q4_1Block], out: &mut [f32]) {
+    let low = _mm_set1_epi8(0x0F);
+    let mut y = out.as_mut_ptr();
+    for b in blocks {
+        let d = _mm256_set1_ps(b.d);
+        let m = _mm256_set1_ps(b.m);
+        // SAFETY: 16 bytes of `qs`, 32 floats at `y` (checked by the caller's assert).
+        unsafe {
+            let q = _mm_loadu_si128(b.qs.as_ptr().cast());
+            let lo = _mm_and_si128(q, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+            for (k, part) in [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)]
+                .into_iter()
+                .enumerate()
+            {
+                let f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part));
+                // Multiply, then add, each rounded: not a fused multiply-add,
+                // so the values are bit for bit those of the import.
+                _mm256_storeu_ps(y.add(8 * k), _mm256_add_ps(_mm256_mul_ps(f, d), m));
+            }
+            y = y.add(BLOCK);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack_q8_0_avx2(blocks: &[Q8_0Block], out: &mut [f32]) {
+    let mut y = out.as_mut_ptr();
+    for b in blocks {
+        let d = _mm256_set1_ps(b.d);
+        // SAFETY: 32 bytes of `qs`, 32 floats at `y`.
+        unsafe {
+            for k in 0..4 {
+                let q = _mm_loadl_epi64(b.qs.as_ptr().add(8 * k).cast());
+                let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                _mm256_storeu_ps(y.add(8 * k), _mm256_mul_ps(f, d));
+            }
+            y = y.add(BLOCK);
+        }
+    }
+}
+
+/// One tile of the product: `out[i * ldo + j] = x_i · w_j` for `i < mb`
+/// rows of `x` and `j < nb` rows of `w`, all `k` long; `mb` at most 4, `nb`
+/// at most 3, or `mb` 1 and `nb` at most 8.
+///
+/// # Safety
+/// `x` must hold `mb` rows `ldx` apart, `w` `nb` rows `ldw` apart, each at
+/// least `k` long, and `out` `mb` rows `ldo` apart of at least `nb` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile(
+    mb: usize,
+    nb: usize,
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    ldw: usize,
+    k: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        macro_rules! go {
+            ($($m:literal, $n:literal);*) => {
+                match (mb, nb) {
+                    // SAFETY: the caller's contract, and AVX2/FMA are present.
+                    $(($m, $n) => unsafe { tile_avx2::<$m, $n>(x, ldx, w, ldw, k, out, ldo) },)*
+                    _ => unreachable!("no {mb}x{nb} tile"),
+                }
+            };
+        }
+        go!(1, 1; 1, 2; 1, 3; 1, 4; 1, 5; 1, 6; 1, 7; 1, 8;
+            2, 1; 2, 2; 2, 3; 3, 1; 3, 2; 3, 3; 4, 1; 4, 2; 4, 3);
+        return;
+    }
+    for i in 0..mb {
+        for j in 0..nb {
+            let mut s = 0.0f32;
+            for t in 0..k {
+                // SAFETY: the caller's contract.
+                s += unsafe { *x.add(i * ldx + t) * *w.add(j * ldw + t) };
+            }
+            // SAFETY: the caller's contract.
+            unsafe { *out.add(i * ldo + j) = s };
+        }
+    }
+}
+
+/// `tile` for fixed sizes: `MB * NB` accumulators of 8 lanes stay in
+/// registers across the whole dot product, and are summed across lanes once.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2<const MB: usize, const NB: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    ldw: usize,
+    k: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); NB]; MB];
+    let whole = k - k % 8;
+    let mut t = 0;
+    // SAFETY (this block): reads stay within the caller's rows of length k.
+    unsafe {
+        while t < whole {
+            let mut wv = [_mm256_setzero_ps(); NB];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(w.add(j * ldw + t));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(i * ldx + t));
+                for (a, v) in row.iter_mut().zip(&wv) {
+                    *a = _mm256_fmadd_ps(xv, *v, *a);
+                }
+            }
+            t += 8;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                let mut s = hsum(*a);
+                for r in whole..k {
+                    s += *x.add(i * ldx + r) * *w.add(j * ldw + r);
+                }
+                *out.add(i * ldo + j) = s;
+            }
+        }
+    }
+}
+
+/// The sum of 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// `out = Σ_t p[t] · v[t]` for rows `v[t]` of `out.len()` values.
+pub(crate) fn mix(p: &[f32], v: &[f32], out: &mut [f32]) {
+    assert_eq!(v.len(), p.len() * out.len());
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX2 and FMA are present.
+        unsafe { mix_avx2(p, v, out) };
+        return;
+    }
+    mix_plain(p, v, out);
+}
+
+/// The loop of `mix`, which the compiler vectorizes for the features enabled on it.
+#[inline(always)]
+fn mix_plain(p: &[f32], v: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for (&pt, row) in p.iter().zip(v.chunks_exact(out.len())) {
+        for (o, x) in out.iter_mut().zip(row) {
+            *o += pt * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn mix_avx2(p: &[f32], v: &[f32], out: &mut [f32]) {
+    mix_plain(p, v, out);
+}

@@ -1,0 +1,24 @@
+//! CPU matrix products `x · wᵀ` for the runtime's linear layers.
+//!
+//! Weights are `[rows, cols]` (out × in, as HF stores them). They are either
+//! dense f32 or, when every block of 32 values along a row is exactly a ggml
+//! Q4_1 or Q8_0 block (as weights imported from such a GGUF file are), kept
+//! in that packed form: the same values in a quarter or a third of the
+//! memory, which is what bounds a one-token decoding step.
+
+mod attention;
+mod avx2;
+mod pack;
+mod pool;
+mod product;
+
+pub use attention::{attention_mix, attention_scores, CacheShape};
+pub use pack::Packed;
+pub use pool::Pool;
+pub use product::{linear, Weights};
+
+/// Whether this processor has the AVX2 and FMA kernels; without them the
+/// products fall back to plain loops, which are correct but slow.
+pub fn fast() -> bool {
+    avx2::available()
+}

@@ -1,0 +1,220 @@
+//! `out = x · wᵀ`, split by weight rows across the pool's threads.
+
+use std::cell::RefCell;
+
+use crate::avx2::tile;
+use crate::pack::Packed;
+use crate::pool::Pool;
+
+/// A weight matrix `[rows, cols]` for `linear`.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    /// Row-major f32 values.
+    Dense {
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+    },
+    /// Exact 4/8-bit blocks.
+    Packed(&'a Packed),
+}
+
+impl Weights<'_> {
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Weights::Dense { rows, cols, .. } => (*rows, *cols),
+            Weights::Packed(p) => (p.rows, p.cols),
+        }
+    }
+}
+
+/// Weight rows unpacked at a time: small enough to stay in a core's L2
+/// cache while every row of `x` passes over them.
+const CHUNK: usize = 24;
+
+thread_local! {
+    /// Each thread's buffer for unpacked weight rows.
+    static UNPACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[i, j] = Σ_t x[i, t] · w[j, t]` for row-major `x` `[m, cols]` and
+/// `out` `[m, rows]`, on every thread of `pool`.
+pub fn linear(pool: &Pool, x: &[f32], w: Weights<'_>, out: &mut [f32]) {
+    let (rows, cols) = w.shape();
+    if let Weights::Dense { data, .. } = w {
+        assert_eq!(data.len(), rows * cols, "weights are [{rows}, {cols}]");
+    }
+    assert!(
+        cols > 0 && x.len().is_multiple_of(cols),
+        "x has {cols} columns"
+    );
+    let m = x.len() / cols;
+    assert_eq!(out.len(), m * rows, "out is [{m}, {rows}]");
+    if m == 0 || rows == 0 {
+        return;
+    }
+    let threads = pool.threads().min(rows.div_ceil(CHUNK)).max(1);
+    let per_thread = rows.div_ceil(threads).next_multiple_of(CHUNK);
+    let out_addr = out.as_mut_ptr() as usize;
+    pool.run(&|index| {
+        let first = index * per_thread;
+        let last = (first + per_thread).min(rows);
+        if first >= last {
+            return;
+        }
+        // SAFETY: each thread writes only the columns first..last of `out`,
+        // disjoint from every other thread's, and `run` returns only after
+        // all threads are done.
+        let out = out_addr as *mut f32;
+        UNPACKED.with_borrow_mut(|buf| {
+            for start in (first..last).step_by(CHUNK) {
+                let n = CHUNK.min(last - start);
+                let rows_ptr = match w {
+                    Weights::Dense { data, .. } => data[start * cols..].as_ptr(),
+                    Weights::Packed(p) => {
+                        buf.resize(CHUNK * cols, 0.0);
+                        p.unpack_rows(start, &mut buf[..n * cols]);
+                        buf.as_ptr()
+                    }
+                };
+                // SAFETY: `rows_ptr` holds n rows of `cols`, `x` m rows of
+                // `cols`, and `out` m rows of `rows` with start + n <= rows.
+                unsafe { chunk(x.as_ptr(), m, rows_ptr, n, cols, out.add(start), rows) };
+            }
+        });
+    });
+}
+
+/// `out[i * ldo + j] = x_i · w_j` for `m` rows of `x` and `n` rows of `w`.
+///
+/// # Safety
+/// As `tile`, for `m` and `n` rows.
+pub(crate) unsafe fn chunk(
+    x: *const f32,
+    m: usize,
+    w: *const f32,
+    n: usize,
+    k: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // One row of x: eight weight rows at a time, so eight accumulators hide
+    // the multiply-add latency. More rows: 4 x 3 tiles, twelve accumulators
+    // fed by seven loads.
+    let (mb, nb) = if m == 1 { (1, 8) } else { (4, 3) };
+    for i in (0..m).step_by(mb) {
+        let rows_i = mb.min(m - i);
+        for j in (0..n).step_by(nb) {
+            let cols_j = nb.min(n - j);
+            // SAFETY: the caller's contract; tiles stay within m x n.
+            unsafe {
+                tile(
+                    rows_i,
+                    cols_j,
+                    x.add(i * k),
+                    k,
+                    w.add(j * k),
+                    k,
+                    k,
+                    out.add(i * ldo + j),
+                    ldo,
+                )
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::tests::{as_q4_1, as_q8_0};
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The product in f64, as the reference.
+    fn reference(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        for xr in x.chunks(k) {
+            for wr in w.chunks(k) {
+                out.push(
+                    xr.iter()
+                        .zip(wr)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>() as f32,
+                );
+            }
+        }
+        out
+    }
+
+    fn check(m: usize, rows: usize, cols: usize, threads: usize, quantize: fn(&[f32]) -> Vec<f32>) {
+        let pool = Pool::new(threads);
+        let x = noise(m * cols, 7);
+        let w = quantize(&noise(rows * cols, 8));
+        let want = reference(&x, &w, cols);
+        let mut dense = vec![f32::NAN; m * rows];
+        linear(
+            &pool,
+            &x,
+            Weights::Dense {
+                data: &w,
+                rows,
+                cols,
+            },
+            &mut dense,
+        );
+        let tol = 1e-5 * cols as f32;
+        let worst = |got: &[f32]| {
+            got.iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max)
+        };
+        assert!(
+            worst(&dense) < tol,
+            "dense {m}x{rows}x{cols}: {}",
+            worst(&dense)
+        );
+        if let Some(p) = Packed::exact(&w, rows, cols) {
+            let mut packed = vec![f32::NAN; m * rows];
+            linear(&pool, &x, Weights::Packed(&p), &mut packed);
+            assert_eq!(packed, dense, "packed and dense products agree bit for bit");
+        } else {
+            assert!(cols % 32 != 0, "quantized weights pack");
+        }
+    }
+
+    #[test]
+    fn products_match_the_reference_for_every_tile_shape() {
+        for (m, rows, cols) in [
+            (1, 61, 64),
+            (2, 50, 96),
+            (3, 7, 32),
+            (5, 29, 40),
+            (16, 100, 64),
+            (7, 1, 8),
+            (33, 77, 160),
+        ] {
+            for threads in [1, 2, 3] {
+                check(m, rows, cols, threads, as_q4_1);
+                check(m, rows, cols, threads, as_q8_0);
+            }
+        }
+    }
+
+    #[test]
+    fn odd_lengths_take_the_scalar_tail() {
+        check(3, 5, 13, 2, |w| w.to_vec());
+    }
+}
