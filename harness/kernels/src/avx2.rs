@@ -224,3 +224,39 @@ fn mix_plain(p: &[f32], v: &[f32], out: &mut [f32]) {
 fn mix_avx2(p: &[f32], v: &[f32], out: &mut [f32]) {
     mix_plain(p, v, out);
 }
+
+/// One row of `rms_norm`.
+pub(crate) fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX2 and FMA are present.
+        unsafe { rms_row_avx2(x, w, eps, out) };
+        return;
+    }
+    rms_row_plain(x, w, eps, out);
+}
+
+/// The loops of `rms_row`: squares summed in 8 lanes, as the vector units
+/// would, then each value scaled as HF does (`w * (x * rsqrt(var + eps))`).
+#[inline(always)]
+fn rms_row_plain(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mut lanes = [0.0f32; 8];
+    let whole = x.len() - x.len() % 8;
+    for c in x[..whole].chunks_exact(8) {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v * v;
+        }
+    }
+    let tail: f32 = x[whole..].iter().map(|v| v * v).sum();
+    let var = (lanes.iter().sum::<f32>() + tail) / x.len() as f32;
+    let r = 1.0 / (var + eps).sqrt();
+    for ((o, v), wi) in out.iter_mut().zip(x).zip(w) {
+        *o = wi * (v * r);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn rms_row_avx2(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    rms_row_plain(x, w, eps, out);
+}

@@ -8,11 +8,13 @@
 
 mod attention;
 mod avx2;
+mod norm;
 mod pack;
 mod pool;
 mod product;
 
 pub use attention::{attention_mix, attention_scores, CacheShape};
+pub use norm::rms_norm;
 pub use pack::Packed;
 pub use pool::Pool;
 pub use product::{linear, Weights};

@@ -112,7 +112,7 @@ fn worker(s: &Shared, index: usize) {
         let mut spins = 0u32;
         while s.epoch.load(SeqCst) == seen {
             spins = spins.wrapping_add(1);
-            if spins % 1024 != 0 {
+            if !spins.is_multiple_of(1024) {
                 std::hint::spin_loop();
             } else if started.elapsed() > SPIN {
                 let g = s.wake.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,7 @@
 //! `out = x · wᵀ`, split by weight rows across the pool's threads.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::avx2::tile;
 use crate::pack::Packed;
@@ -54,34 +55,33 @@ pub fn linear(pool: &Pool, x: &[f32], w: Weights<'_>, out: &mut [f32]) {
     if m == 0 || rows == 0 {
         return;
     }
-    let threads = pool.threads().min(rows.div_ceil(CHUNK)).max(1);
-    let per_thread = rows.div_ceil(threads).next_multiple_of(CHUNK);
+    // Threads take chunks of rows from a shared counter rather than fixed
+    // halves: a thread that starts late or is interrupted takes fewer.
+    let next = AtomicUsize::new(0);
     let out_addr = out.as_mut_ptr() as usize;
-    pool.run(&|index| {
-        let first = index * per_thread;
-        let last = (first + per_thread).min(rows);
-        if first >= last {
-            return;
-        }
-        // SAFETY: each thread writes only the columns first..last of `out`,
-        // disjoint from every other thread's, and `run` returns only after
-        // all threads are done.
-        let out = out_addr as *mut f32;
-        UNPACKED.with_borrow_mut(|buf| {
-            for start in (first..last).step_by(CHUNK) {
-                let n = CHUNK.min(last - start);
-                let rows_ptr = match w {
-                    Weights::Dense { data, .. } => data[start * cols..].as_ptr(),
-                    Weights::Packed(p) => {
-                        buf.resize(CHUNK * cols, 0.0);
-                        p.unpack_rows(start, &mut buf[..n * cols]);
-                        buf.as_ptr()
-                    }
-                };
-                // SAFETY: `rows_ptr` holds n rows of `cols`, `x` m rows of
-                // `cols`, and `out` m rows of `rows` with start + n <= rows.
-                unsafe { chunk(x.as_ptr(), m, rows_ptr, n, cols, out.add(start), rows) };
+    pool.run(&|_| {
+        UNPACKED.with_borrow_mut(|buf| loop {
+            let start = next.fetch_add(CHUNK, Relaxed);
+            if start >= rows {
+                break;
             }
+            let n = CHUNK.min(rows - start);
+            let rows_ptr = match w {
+                Weights::Dense { data, .. } => data[start * cols..].as_ptr(),
+                Weights::Packed(p) => {
+                    buf.resize(CHUNK * cols, 0.0);
+                    p.unpack_rows(start, &mut buf[..n * cols]);
+                    buf.as_ptr()
+                }
+            };
+            // SAFETY: `rows_ptr` holds n rows of `cols`, `x` m rows of
+            // `cols`, and `out` m rows of `rows` with start + n <= rows.
+            // Each chunk's columns of `out` are written by one thread only,
+            // and `run` returns after all threads are done.
+            unsafe {
+                let out = (out_addr as *mut f32).add(start);
+                chunk(x.as_ptr(), m, rows_ptr, n, cols, out, rows)
+            };
         });
     });
 }
@@ -191,7 +191,7 @@ mod tests {
             linear(&pool, &x, Weights::Packed(&p), &mut packed);
             assert_eq!(packed, dense, "packed and dense products agree bit for bit");
         } else {
-            assert!(cols % 32 != 0, "quantized weights pack");
+            assert!(!cols.is_multiple_of(32), "quantized weights pack");
         }
     }
 

@@ -343,6 +343,20 @@ impl Model {
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        if self.device == Device::Cpu && self.kind == Kind::Float && emh_kernels::fast() {
+            // One pass instead of ATen's six operations, which cost some
+            // 50 microseconds at batch 16, sixty times a step.
+            let x = x.contiguous();
+            let mut out = x.empty_like();
+            emh_kernels::rms_norm(
+                Pool::global(),
+                f32_slice(&x),
+                f32_slice(w),
+                self.config.rms_norm_eps as f32,
+                f32_slice_mut(&mut out),
+            );
+            return out;
+        }
         x.rms_norm(
             [self.config.hidden_size as i64],
             Some(w),
@@ -490,7 +504,7 @@ impl Model {
         let shape = CacheShape {
             batch: b as usize,
             heads: nh as usize,
-            kv_heads: c.num_kv_heads as usize,
+            kv_heads: c.num_kv_heads,
             head_dim: d as usize,
             capacity: keys.size()[2] as usize,
             len: total as usize,

@@ -1,6 +1,6 @@
 //! Next-token choice: greedy, or temperature / top-k / top-p sampling.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::RuntimeError;
 
@@ -81,17 +81,30 @@ impl SamplingParams {
             let before = probs.cumsum(-1, Kind::Float) - &probs;
             probs = probs.masked_fill(&before.ge(self.top_p), 0.0);
         }
-        let cdf = probs.cumsum(-1, Kind::Float);
-        let total = cdf.narrow(1, cdf.size()[1] - 1, 1);
-        let u = Tensor::from_slice(uniform)
-            .to_kind(Kind::Float)
-            .to_device(logits.device())
-            .view([-1, 1])
-            * &total;
-        let n = cdf.size()[1];
-        let choice = u
-            .searchsorted(&cdf, false, true, "right", None::<Tensor>)
-            .clamp_max(n - 1);
+        let choice = if logits.device() == Device::Cpu {
+            // One pass per row in Rust: ATen's cumsum takes some 8 ns per
+            // value on one CPU thread, 7 ms a step for 16 rows of 49152.
+            let probs = probs.contiguous();
+            let n = probs.size()[1] as usize;
+            let probs = Vec::<f32>::try_from(probs.view([-1])).expect("f32 probabilities");
+            let picks: Vec<i64> = probs
+                .chunks_exact(n)
+                .zip(uniform)
+                .map(|(row, &u)| inverse_cdf(row, u as f32) as i64)
+                .collect();
+            Tensor::from_slice(&picks).view([-1, 1])
+        } else {
+            let cdf = probs.cumsum(-1, Kind::Float);
+            let total = cdf.narrow(1, cdf.size()[1] - 1, 1);
+            let u = Tensor::from_slice(uniform)
+                .to_kind(Kind::Float)
+                .to_device(logits.device())
+                .view([-1, 1])
+                * &total;
+            let n = cdf.size()[1];
+            u.searchsorted(&cdf, false, true, "right", None::<Tensor>)
+                .clamp_max(n - 1)
+        };
         match idx {
             Some(idx) => idx.gather(1, &choice, false).squeeze_dim(1),
             None => choice.squeeze_dim(1),
@@ -99,9 +112,33 @@ impl SamplingParams {
     }
 }
 
+/// The first index whose running sum of `weights` exceeds `u` times their
+/// total, the last index when rounding leaves none.
+fn inverse_cdf(weights: &[f32], u: f32) -> usize {
+    let target = u * weights.iter().sum::<f32>();
+    let mut sum = 0.0f32;
+    for (i, w) in weights.iter().enumerate() {
+        sum += w;
+        if sum > target {
+            return i;
+        }
+    }
+    weights.len() - 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inverse_cdf_skips_zero_weights_and_ends_at_the_last() {
+        let w = [0.0, 0.25, 0.0, 0.75, 0.0];
+        assert_eq!(inverse_cdf(&w, 0.0), 1);
+        assert_eq!(inverse_cdf(&w, 0.2499), 1);
+        assert_eq!(inverse_cdf(&w, 0.25), 3);
+        assert_eq!(inverse_cdf(&w, 0.9999), 3);
+        assert_eq!(inverse_cdf(&[0.0, 0.0], 0.5), 1);
+    }
 
     fn logits() -> Tensor {
         Tensor::from_slice(&[0.0f32, 3.0, 1.0, 2.5, -1.0, 0.5]).view([2, 3])
