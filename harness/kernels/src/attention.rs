@@ -113,18 +113,7 @@ pub fn attention_mix(pool: &Pool, s: &CacheShape, probs: &[f32], values: &[f32],
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::pack::tests::noise;
 
     #[test]
     fn scores_and_mix_match_a_plain_reference() {

@@ -55,32 +55,6 @@ impl Packed {
         Some(Packed { rows, cols, blocks })
     }
 
-    /// Rows (output features).
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Columns (input features).
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// The block format, for logs and benchmarks: "q4_1" or "q8_0".
-    pub fn format(&self) -> &'static str {
-        match self.blocks {
-            Blocks::Q4_1(_) => "q4_1",
-            Blocks::Q8_0(_) => "q8_0",
-        }
-    }
-
-    /// Bytes the blocks take.
-    pub fn bytes(&self) -> usize {
-        match &self.blocks {
-            Blocks::Q4_1(b) => std::mem::size_of_val(b.as_slice()),
-            Blocks::Q8_0(b) => std::mem::size_of_val(b.as_slice()),
-        }
-    }
-
     /// Writes rows `first..first + out.len() / cols` as f32 into `out`.
     pub(crate) fn unpack_rows(&self, first: usize, out: &mut [f32]) {
         let per_row = self.cols / BLOCK;
@@ -186,7 +160,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// Deterministic values in [-1, 1).
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn noise(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {
@@ -236,6 +210,13 @@ pub(crate) mod tests {
             .collect()
     }
 
+    fn format(p: &Packed) -> &'static str {
+        match p.blocks {
+            Blocks::Q4_1(_) => "q4_1",
+            Blocks::Q8_0(_) => "q8_0",
+        }
+    }
+
     fn unpacked(p: &Packed) -> Vec<f32> {
         let mut out = vec![0.0; p.rows * p.cols];
         p.unpack_rows(0, &mut out);
@@ -246,8 +227,7 @@ pub(crate) mod tests {
     fn q4_1_weights_pack_and_unpack_exactly() {
         let w = as_q4_1(&noise(64 * 96, 1));
         let p = Packed::exact(&w, 64, 96).expect("Q4_1 values pack");
-        assert_eq!(p.format(), "q4_1");
-        assert_eq!(p.bytes(), 64 * 3 * 24);
+        assert_eq!(format(&p), "q4_1");
         assert_eq!(unpacked(&p), w);
     }
 
@@ -255,7 +235,7 @@ pub(crate) mod tests {
     fn q8_0_weights_pack_and_unpack_exactly() {
         let w = as_q8_0(&noise(16 * 64, 2));
         let p = Packed::exact(&w, 16, 64).expect("Q8_0 values pack");
-        assert_eq!(p.format(), "q8_0");
+        assert_eq!(format(&p), "q8_0");
         assert_eq!(unpacked(&p), w);
     }
 
@@ -273,7 +253,7 @@ pub(crate) mod tests {
         // One value off a Q4_1 grid in the last block is enough.
         let mut w = as_q4_1(&noise(8 * 64, 4));
         *w.last_mut().unwrap() += 1e-3;
-        assert!(Packed::exact(&w, 8, 64).map(|p| p.format()) != Some("q4_1"));
+        assert!(Packed::exact(&w, 8, 64).map(|p| format(&p)) != Some("q4_1"));
         assert!(Packed::exact(&[f32::NAN; 32], 1, 32).is_none());
         assert!(
             Packed::exact(&noise(2 * 40, 5), 2, 40).is_none(),

@@ -128,19 +128,7 @@ pub(crate) unsafe fn chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::tests::{as_q4_1, as_q8_0};
-
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::pack::tests::{as_q4_1, as_q8_0, noise};
 
     /// The product in f64, as the reference.
     fn reference(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
