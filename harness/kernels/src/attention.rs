@@ -5,6 +5,8 @@
 //! sequences are a hundred tokens long; one thread alone cannot read it as
 //! fast as two.
 
+use std::cell::RefCell;
+
 use crate::pool::Pool;
 use crate::product::chunk;
 
@@ -23,7 +25,7 @@ pub struct CacheShape {
 }
 
 impl CacheShape {
-    fn check(&self, q: &[f32], cache: &[f32], rows: &[f32]) {
+    fn check(&self, q: &[f32], cache: &[f32]) {
         let s = self;
         assert!(
             s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads),
@@ -36,77 +38,79 @@ impl CacheShape {
             s.batch * s.kv_heads * s.capacity * s.head_dim,
             "cache for {s:?}"
         );
-        assert_eq!(rows.len(), s.batch * s.heads * s.len, "scores for {s:?}");
-    }
-
-    /// Runs `f(sequence, kv_head)` for every pair, the pairs split evenly over `pool`.
-    fn each_pair(&self, pool: &Pool, f: impl Fn(usize, usize) + Sync) {
-        let pairs = self.batch * self.kv_heads;
-        let per = pairs.div_ceil(pool.threads());
-        pool.run(&|index| {
-            for p in index * per..((index + 1) * per).min(pairs) {
-                f(p / self.kv_heads, p % self.kv_heads);
-            }
-        });
     }
 }
 
-/// `scores[b, h, t] = scale * q[b, h] · keys[b, h / group, t] + bias[b, t]`
-/// for `t < len`, with `bias` 0 for visible keys and -inf for hidden ones.
-pub fn attention_scores(
+thread_local! {
+    /// Each thread's scores of one (sequence, key/value head) pair.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[b, h] = Σ_t p[b, h, t] · values[b, h / group, t]` for `t < len`,
+/// where `p[b, h]` is the softmax over `t` of `scale * q[b, h] · keys[b, h /
+/// group, t] + bias[b, t]`, with `bias` 0 for visible keys and -inf for
+/// hidden ones.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_one(
     pool: &Pool,
     s: &CacheShape,
     q: &[f32],
     keys: &[f32],
+    values: &[f32],
     scale: f32,
     bias: Option<&[f32]>,
-    scores: &mut [f32],
+    out: &mut [f32],
 ) {
-    s.check(q, keys, scores);
+    s.check(q, keys);
+    s.check(out, values);
     if let Some(bias) = bias {
         assert_eq!(bias.len(), s.batch * s.len, "bias for {s:?}");
     }
     let (d, group) = (s.head_dim, s.heads / s.kv_heads);
-    let out = scores.as_mut_ptr() as usize;
-    s.each_pair(pool, |b, kh| {
-        let head = b * s.heads + kh * group;
-        let row0 = head * s.len;
-        // SAFETY: the pair's `group` query rows, its `len` cached key rows,
-        // and its `group` score rows lie within the checked slices; no
-        // other pair writes those score rows.
-        unsafe {
-            let rows = (out as *mut f32).add(row0);
-            let k = keys.as_ptr().add((b * s.kv_heads + kh) * s.capacity * d);
-            chunk(q.as_ptr().add(head * d), group, k, s.len, d, rows, s.len);
-            let rows = std::slice::from_raw_parts_mut(rows, group * s.len);
-            for row in rows.chunks_exact_mut(s.len) {
-                match bias {
-                    Some(bias) => {
-                        let bias = &bias[b * s.len..(b + 1) * s.len];
-                        for (v, m) in row.iter_mut().zip(bias) {
-                            *v = *v * scale + m;
+    let pairs = s.batch * s.kv_heads;
+    let per = pairs.div_ceil(pool.threads());
+    let out_addr = out.as_mut_ptr() as usize;
+    pool.run(&|index| {
+        SCORES.with_borrow_mut(|scores| {
+            scores.resize(group * s.len, 0.0);
+            for pair in index * per..((index + 1) * per).min(pairs) {
+                let (b, kh) = (pair / s.kv_heads, pair % s.kv_heads);
+                let head = b * s.heads + kh * group;
+                let cache = (b * s.kv_heads + kh) * s.capacity * d;
+                // SAFETY: the pair's `group` query rows and `len` cached key
+                // rows lie within the checked slices, and `scores` holds
+                // `group` rows of `len`.
+                unsafe {
+                    chunk(
+                        q.as_ptr().add(head * d),
+                        group,
+                        keys.as_ptr().add(cache),
+                        s.len,
+                        d,
+                        scores.as_mut_ptr(),
+                        s.len,
+                    )
+                };
+                let v = &values[cache..][..s.len * d];
+                for (h, row) in (head..head + group).zip(scores.chunks_exact_mut(s.len)) {
+                    match bias {
+                        Some(bias) => {
+                            for (x, m) in row.iter_mut().zip(&bias[b * s.len..][..s.len]) {
+                                *x = *x * scale + m;
+                            }
                         }
+                        None => row.iter_mut().for_each(|x| *x *= scale),
                     }
-                    None => row.iter_mut().for_each(|v| *v *= scale),
+                    let inv = 1.0 / crate::avx2::exp_shifted(row);
+                    row.iter_mut().for_each(|x| *x *= inv);
+                    // SAFETY: each pair writes only its own heads' output rows.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut((out_addr as *mut f32).add(h * d), d)
+                    };
+                    crate::avx2::mix(row, v, o);
                 }
             }
-        }
-    });
-}
-
-/// `out[b, h] = Σ_t probs[b, h, t] · values[b, h / group, t]` for `t < len`.
-pub fn attention_mix(pool: &Pool, s: &CacheShape, probs: &[f32], values: &[f32], out: &mut [f32]) {
-    s.check(out, values, probs);
-    let (d, group) = (s.head_dim, s.heads / s.kv_heads);
-    let out_addr = out.as_mut_ptr() as usize;
-    s.each_pair(pool, |b, kh| {
-        let head = b * s.heads + kh * group;
-        let v = &values[(b * s.kv_heads + kh) * s.capacity * d..][..s.len * d];
-        for h in head..head + group {
-            // SAFETY: each pair writes only its own heads' output rows.
-            let o = unsafe { std::slice::from_raw_parts_mut((out_addr as *mut f32).add(h * d), d) };
-            crate::avx2::mix(&probs[h * s.len..(h + 1) * s.len], v, o);
-        }
+        })
     });
 }
 
@@ -116,7 +120,7 @@ mod tests {
     use crate::pack::tests::noise;
 
     #[test]
-    fn scores_and_mix_match_a_plain_reference() {
+    fn attention_matches_a_plain_reference() {
         let s = CacheShape {
             batch: 3,
             heads: 6,
@@ -136,37 +140,33 @@ mod tests {
         };
         for threads in [1, 2] {
             let pool = Pool::new(threads);
-            let mut scores = vec![0.0; s.batch * s.heads * s.len];
-            attention_scores(&pool, &s, &q, &keys, 0.5, Some(&bias), &mut scores);
-            let mut probs = scores.clone();
-            for row in probs.chunks_exact_mut(s.len) {
-                let top = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                row.iter_mut().for_each(|v| *v = (*v - top).exp());
-                let sum: f32 = row.iter().sum();
-                row.iter_mut().for_each(|v| *v /= sum);
-            }
             let mut out = vec![0.0; q.len()];
-            attention_mix(&pool, &s, &probs, &values, &mut out);
+            attend_one(&pool, &s, &q, &keys, &values, 0.5, Some(&bias), &mut out);
             for b in 0..s.batch {
                 for h in 0..s.heads {
                     let qh = &q[(b * s.heads + h) * d..][..d];
-                    let mut want_mix = vec![0.0f32; d];
-                    for t in 0..s.len {
-                        let dot: f32 = qh.iter().zip(at(&keys, b, h, t)).map(|(a, k)| a * k).sum();
-                        let want = dot * 0.5 + bias[b * s.len + t];
-                        let got = scores[(b * s.heads + h) * s.len + t];
-                        assert!(
-                            got == want || (got - want).abs() < 1e-5,
-                            "score {b} {h} {t}"
-                        );
-                        let p = probs[(b * s.heads + h) * s.len + t];
-                        for (m, v) in want_mix.iter_mut().zip(at(&values, b, h, t)) {
-                            *m += p * v;
+                    let scores: Vec<f64> = (0..s.len)
+                        .map(|t| {
+                            let dot: f64 = qh
+                                .iter()
+                                .zip(at(&keys, b, h, t))
+                                .map(|(a, k)| *a as f64 * k as f64)
+                                .sum();
+                            dot * 0.5 + bias[b * s.len + t] as f64
+                        })
+                        .collect();
+                    let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|x| (x - top).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    let mut want = vec![0.0f64; d];
+                    for (t, p) in e.iter().enumerate() {
+                        for (m, v) in want.iter_mut().zip(at(&values, b, h, t)) {
+                            *m += p / sum * v as f64;
                         }
                     }
                     let got = &out[(b * s.heads + h) * d..][..d];
-                    for (g, w) in got.iter().zip(&want_mix) {
-                        assert!((g - w).abs() < 1e-5, "mix {b} {h}: {g} vs {w}");
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((*g as f64 - w).abs() < 1e-5, "{b} {h}: {g} vs {w}");
                     }
                 }
             }

@@ -6,18 +6,24 @@
 //! in that packed form: the same values in a quarter or a third of the
 //! memory, which is what bounds a one-token decoding step.
 
+mod activation;
 mod attention;
 mod avx2;
 mod norm;
 mod pack;
 mod pool;
 mod product;
+mod rope;
+mod sample;
 
-pub use attention::{attention_mix, attention_scores, CacheShape};
+pub use activation::silu_mul;
+pub use attention::{attend_one, CacheShape};
 pub use norm::rms_norm;
 pub use pack::Packed;
 pub use pool::Pool;
 pub use product::{linear, Weights};
+pub use rope::rotate_into_cache;
+pub use sample::{inverse_cdf, sample};
 
 /// Whether this processor has the AVX2 and FMA kernels; without them the
 /// products fall back to plain loops, which are correct but slow.

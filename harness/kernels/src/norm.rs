@@ -8,40 +8,19 @@ pub fn rms_norm(pool: &Pool, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let h = w.len();
     assert!(h > 0 && x.len().is_multiple_of(h), "rows of {h}");
     assert_eq!(out.len(), x.len(), "out is shaped like x");
-    let rows = x.len() / h;
-    // Below this, waking the pool costs more than it saves.
-    const ROWS_PER_THREAD: usize = 64;
-    let threads = pool.threads().min(rows.div_ceil(ROWS_PER_THREAD));
-    let per = rows.div_ceil(threads.max(1));
+    // Below this many rows per thread, waking the pool costs more than it saves.
+    const MIN_ROWS: usize = 64;
     let out_addr = out.as_mut_ptr() as usize;
-    let norm_rows = |index: usize| {
-        let (first, last) = (index * per, ((index + 1) * per).min(rows));
-        if first >= last {
-            return;
-        }
-        // SAFETY: each thread writes its own rows first..last of `out`.
-        let out = unsafe {
-            std::slice::from_raw_parts_mut(
-                (out_addr as *mut f32).add(first * h),
-                (last - first) * h,
-            )
-        };
-        for (xr, or) in x[first * h..last * h]
+    pool.split(x.len() / h, MIN_ROWS, &|rows| {
+        // SAFETY: each thread writes only its own rows of `out`.
+        let out = unsafe { crate::pool::rows_mut(out_addr, h, rows.clone()) };
+        for (xr, or) in x[rows.start * h..rows.end * h]
             .chunks_exact(h)
             .zip(out.chunks_exact_mut(h))
         {
             crate::avx2::rms_row(xr, w, eps, or);
         }
-    };
-    if threads <= 1 {
-        norm_rows(0);
-    } else {
-        pool.run(&|index| {
-            if index < threads {
-                norm_rows(index)
-            }
-        });
-    }
+    });
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! thread through the kernel costs tens of microseconds each time, so workers
 //! spin for a while after each job and only then sleep.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -79,6 +80,30 @@ impl Pool {
         self.threads
     }
 
+    /// Runs `f(range)` over `rows` split into one contiguous range per
+    /// thread, on only as many threads as get `min_rows` each: below that,
+    /// waking a thread costs more than it saves.
+    pub fn split(&self, rows: usize, min_rows: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        let threads = self.threads.min(rows / min_rows.max(1)).max(1);
+        let per = rows.div_ceil(threads);
+        let part = |index: usize| {
+            let first = (index * per).min(rows);
+            let last = ((index + 1) * per).min(rows);
+            if first < last {
+                f(first..last)
+            }
+        };
+        if threads == 1 {
+            part(0);
+        } else {
+            self.run(&|index| {
+                if index < threads {
+                    part(index)
+                }
+            });
+        }
+    }
+
     /// Runs `f(i)` for every thread index `i`, returning when all are done.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.threads == 1 {
@@ -102,6 +127,21 @@ impl Pool {
         while s.pending.load(SeqCst) > 0 {
             std::hint::spin_loop();
         }
+    }
+}
+
+/// Rows `rows` of `width` values of the f32 buffer at address `addr`.
+///
+/// # Safety
+/// The buffer must hold those rows, and no other reference may touch them
+/// while the slice lives: each thread of a job takes disjoint rows.
+pub(crate) unsafe fn rows_mut<'a>(addr: usize, width: usize, rows: Range<usize>) -> &'a mut [f32] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            (addr as *mut f32).add(rows.start * width),
+            rows.len() * width,
+        )
     }
 }
 
@@ -170,5 +210,22 @@ mod tests {
             ran.fetch_add(1, SeqCst);
         });
         assert_eq!(ran.load(SeqCst), 4);
+    }
+
+    #[test]
+    fn split_covers_every_row_once() {
+        let pool = Pool::new(3);
+        for (rows, min_rows) in [(0, 1), (1, 1), (7, 1), (7, 4), (100, 8)] {
+            let hits: Vec<AtomicU64> = (0..rows).map(|_| AtomicU64::new(0)).collect();
+            pool.split(rows, min_rows, &|range| {
+                for r in range {
+                    hits[r].fetch_add(1, SeqCst);
+                }
+            });
+            assert!(
+                hits.iter().all(|h| h.load(SeqCst) == 1),
+                "{rows} {min_rows}"
+            );
+        }
     }
 }

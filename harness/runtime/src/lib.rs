@@ -7,6 +7,7 @@ mod device;
 mod error;
 mod generate;
 mod hooks;
+mod host;
 mod lora;
 mod model;
 mod sampling;

@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cache::KvCache;
 use crate::hooks::{HookSet, Phase, Site};
+use crate::host::{f32_slice, f32_slice_mut};
 use crate::lora::{Adapter, Module};
 use crate::weights::WeightFiles;
 use crate::{ModelConfig, RuntimeError};
@@ -33,24 +34,20 @@ enum LinearPath {
 }
 
 impl Linear {
-    fn new(w: Tensor, bias: Option<Tensor>) -> Self {
-        let cpu_f32 = w.device() == Device::Cpu && w.kind() == Kind::Float;
-        let path = if cpu_f32 && emh_kernels::fast() {
-            let w = w.contiguous();
+    /// `kernels`: the model runs on emh's CPU kernels (see `Model::kernels`).
+    fn new(w: Tensor, bias: Option<Tensor>, kernels: bool) -> Self {
+        let w = w.contiguous();
+        let path = if kernels {
             let [rows, cols] = w.size()[..] else {
                 unreachable!("weight matrices are 2-d")
             };
             LinearPath::Kernels(Packed::exact(f32_slice(&w), rows as usize, cols as usize))
-        } else if cpu_f32 && tch::utils::has_mkldnn() {
+        } else if w.device() == Device::Cpu && w.kind() == Kind::Float && tch::utils::has_mkldnn() {
             LinearPath::OneDnn(w.to_mkldnn())
         } else {
             LinearPath::Aten
         };
-        Linear {
-            w: w.contiguous(),
-            bias,
-            path,
-        }
+        Linear { w, bias, path }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -93,28 +90,19 @@ impl Linear {
     }
 }
 
-/// The values of a contiguous f32 CPU tensor.
-fn f32_slice(t: &Tensor) -> &[f32] {
-    assert!(t.is_contiguous() && t.kind() == Kind::Float && t.device() == Device::Cpu);
-    let n = t.numel();
-    if n == 0 {
-        return &[];
-    }
-    // SAFETY: a contiguous f32 CPU tensor holds `n` f32 values at its data
-    // pointer, alive and unmoved while `t` is borrowed.
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
-}
-
-/// The values of a contiguous f32 CPU tensor, to write.
-fn f32_slice_mut(t: &mut Tensor) -> &mut [f32] {
-    assert!(t.is_contiguous() && t.kind() == Kind::Float && t.device() == Device::Cpu);
-    let n = t.numel();
-    if n == 0 {
-        return &mut [];
-    }
-    // SAFETY: as above, and `t` is borrowed mutably. The tensor must not
-    // share storage with another; callers pass freshly allocated ones.
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
+/// `f` of the rows `rows` (flat indices into batch x seq) of `x` `[b, t,
+/// k]`, passed as `[1, rows, k]`, laid out `[b, t, out]` again with zeros
+/// in the other rows; `f(x)` itself when `rows` is `None`.
+fn on_rows(x: &Tensor, rows: Option<&Tensor>, f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+    let Some(rows) = rows else { return f(x) };
+    let [b, t, k] = x.size()[..] else {
+        unreachable!("activations are [batch, seq, features]")
+    };
+    let y = f(&x.reshape([b * t, k]).index_select(0, rows).unsqueeze(0)).squeeze_dim(0);
+    let out = y.size()[1];
+    Tensor::zeros([b * t, out], (y.kind(), y.device()))
+        .index_copy(0, rows, &y)
+        .view([b, t, out])
 }
 
 struct Layer {
@@ -134,6 +122,9 @@ pub struct Model {
     pub dir: PathBuf,
     pub device: Device,
     pub kind: Kind,
+    /// f32 on a CPU with AVX2 and FMA: products, norms and one-token
+    /// attention run on emh's kernels rather than ATen.
+    kernels: bool,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -243,7 +234,8 @@ impl Model {
         untied_head: bool,
         load: impl Fn(&str, &[usize]) -> Result<Tensor, RuntimeError>,
     ) -> Result<Self, RuntimeError> {
-        if device == Device::Cpu && kind == Kind::Float && emh_kernels::fast() {
+        let kernels = device == Device::Cpu && kind == Kind::Float && emh_kernels::fast();
+        if kernels {
             // The products and one-token attention run on emh's kernel
             // threads, which spin between jobs; torch's own worker threads
             // would fight them for the same cores.
@@ -271,14 +263,19 @@ impl Model {
             let up = load(&format!("{p}.mlp.up_proj.weight"), &[i, h])?;
             layers.push(Layer {
                 input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
-                qkv: Linear::new(Tensor::cat(&[q, k, v], 0), qkv_b),
+                qkv: Linear::new(Tensor::cat(&[q, k, v], 0), qkv_b, kernels),
                 o: Linear::new(
                     load(&format!("{p}.self_attn.o_proj.weight"), &[h, q_rows])?,
                     None,
+                    kernels,
                 ),
                 post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_up: Linear::new(Tensor::cat(&[gate, up], 0), None),
-                down: Linear::new(load(&format!("{p}.mlp.down_proj.weight"), &[h, i])?, None),
+                gate_up: Linear::new(Tensor::cat(&[gate, up], 0), None, kernels),
+                down: Linear::new(
+                    load(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+                    None,
+                    kernels,
+                ),
             });
         }
         let norm = load("model.norm.weight", &[h])?;
@@ -289,6 +286,7 @@ impl Model {
                 load("lm_head.weight", &[c.vocab_size, h])?
             },
             None,
+            kernels,
         );
         // As HF computes it: 1 / theta ** (arange(0, d, 2) / d), in f32.
         let exponents = Tensor::arange_start_step(0, hd as i64, 2, (Kind::Int64, Device::Cpu))
@@ -302,6 +300,7 @@ impl Model {
             dir: dir.to_path_buf(),
             device,
             kind,
+            kernels,
             embed,
             layers,
             norm,
@@ -343,7 +342,7 @@ impl Model {
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
-        if self.device == Device::Cpu && self.kind == Kind::Float && emh_kernels::fast() {
+        if self.kernels {
             // One pass instead of ATen's six operations, which cost some
             // 50 microseconds at batch 16, sixty times a step.
             let x = x.contiguous();
@@ -419,7 +418,7 @@ impl Model {
             };
         }
         let total = cache.len + t;
-        if t == 1 && self.device == Device::Cpu && self.kind == Kind::Float && emh_kernels::fast() {
+        if t == 1 && self.kernels {
             let bias = visible.map(|v| {
                 Tensor::zeros([batch, total], (Kind::Float, Device::Cpu))
                     .masked_fill(&v.view([batch, total]).logical_not(), f64::NEG_INFINITY)
@@ -486,48 +485,79 @@ impl Model {
             .view([b, nh, t, d])
     }
 
+    /// The layout of layer caches holding `total` tokens, for `b` sequences.
+    fn cache_shape(&self, cache: &KvCache, b: i64, total: i64) -> CacheShape {
+        let c = &self.config;
+        CacheShape {
+            batch: b as usize,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            capacity: cache.capacity as usize,
+            len: total as usize,
+        }
+    }
+
+    /// Rotates the queries and keys of `qkv` `[b, t, (heads + 2 kv_heads) *
+    /// d]` by `cos` / `sin` (see `rope`), writes keys and values to layer
+    /// `l`'s cache slots `total - t .. total`, and returns the queries `[b,
+    /// heads, t, d]`, with emh's kernels.
+    fn rotate_into_cache(
+        &self,
+        qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &mut KvCache,
+        l: usize,
+        total: i64,
+    ) -> Tensor {
+        let [b, t, _] = qkv.size()[..] else {
+            unreachable!("activations are [batch, seq, features]")
+        };
+        let shape = self.cache_shape(cache, b, total);
+        let qkv = qkv.contiguous();
+        let mut q = Tensor::empty(
+            [b, shape.heads as i64, t, shape.head_dim as i64],
+            (Kind::Float, Device::Cpu),
+        );
+        emh_kernels::rotate_into_cache(
+            Pool::global(),
+            &shape,
+            t as usize,
+            f32_slice(&qkv),
+            f32_slice(cos),
+            f32_slice(sin),
+            f32_slice_mut(&mut q),
+            f32_slice_mut(&mut cache.k[l]),
+            f32_slice_mut(&mut cache.v[l]),
+        );
+        q
+    }
+
     /// Attention of one new query per head `q` `[b, heads, 1, d]` over the
-    /// first `total` slots of a layer's whole cache `keys` / `values`, with
-    /// emh's kernels (see `Attention::OneToken`).
+    /// first `total` slots of layer `l`'s cache, with emh's kernels (see
+    /// `Attention::OneToken`).
     fn attend_one(
         &self,
         q: &Tensor,
-        keys: &Tensor,
-        values: &Tensor,
+        cache: &KvCache,
+        l: usize,
         total: i64,
         bias: Option<&Tensor>,
     ) -> Tensor {
-        let c = &self.config;
         let [b, nh, _, d] = q.size()[..] else {
             unreachable!("queries are 4-d")
         };
-        let shape = CacheShape {
-            batch: b as usize,
-            heads: nh as usize,
-            kv_heads: c.num_kv_heads,
-            head_dim: d as usize,
-            capacity: keys.size()[2] as usize,
-            len: total as usize,
-        };
         let q = q.contiguous();
-        let pool = Pool::global();
-        let mut scores = Tensor::empty([b, nh, total], (Kind::Float, Device::Cpu));
-        emh_kernels::attention_scores(
-            pool,
-            &shape,
+        let mut out = Tensor::empty([b, nh, 1, d], (Kind::Float, Device::Cpu));
+        emh_kernels::attend_one(
+            Pool::global(),
+            &self.cache_shape(cache, b, total),
             f32_slice(&q),
-            f32_slice(keys),
+            f32_slice(&cache.k[l]),
+            f32_slice(&cache.v[l]),
             (d as f32).powf(-0.5),
             bias.map(f32_slice),
-            f32_slice_mut(&mut scores),
-        );
-        let probs = scores.softmax(-1, Kind::Float);
-        let mut out = Tensor::empty([b, nh, 1, d], (Kind::Float, Device::Cpu));
-        emh_kernels::attention_mix(
-            pool,
-            &shape,
-            f32_slice(&probs),
-            f32_slice(values),
             f32_slice_mut(&mut out),
         );
         out
@@ -559,6 +589,15 @@ impl Model {
             cache.has_padding = true;
         }
         let plan = self.attention_plan(cache, t, b);
+        // A generation's prompt pass skips padding in the per-token work
+        // (projections and MLP): with prompts of mixed lengths, a third of a
+        // batch's rows can be padding. Padding rows then carry zeros from
+        // those layers; no real token attends to them, and only the last
+        // position's logits come back. `logits` keeps every row, as HF does.
+        let rows = (self.kernels && phase == Phase::Prefill && at == LogitsAt::Last)
+            .then(|| real.view([-1]).nonzero().view([-1]))
+            .filter(|rows| rows.size()[0] < b * t);
+        let rows = rows.as_ref();
         let (cos, sin) = self.rope(positions);
         let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
         let total = cache.len + t;
@@ -567,33 +606,38 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate() {
             hooks.run(Site::ResidPre(l), &mut x, phase, positions);
             let h = self.rms_norm(&x, &layer.input_norm);
-            let qkv = layer.qkv.forward(&h);
-            if !self.adapters.is_empty() {
-                let (qn, kvn) = (nh * hd, nkv * hd);
-                for (module, start, len) in [
-                    (Module::Q, 0, qn),
-                    (Module::K, qn, kvn),
-                    (Module::V, qn + kvn, kvn),
-                ] {
-                    let mut part = qkv.narrow(2, start, len);
-                    self.add_lora(l, module, &h, &mut part, phase);
+            let qkv = on_rows(&h, rows, |h| {
+                let qkv = layer.qkv.forward(h);
+                if !self.adapters.is_empty() {
+                    let (qn, kvn) = (nh * hd, nkv * hd);
+                    for (module, start, len) in [
+                        (Module::Q, 0, qn),
+                        (Module::K, qn, kvn),
+                        (Module::V, qn + kvn, kvn),
+                    ] {
+                        let mut part = qkv.narrow(2, start, len);
+                        self.add_lora(l, module, h, &mut part, phase);
+                    }
                 }
-            }
-            // Queries and keys rotate together: one set of kernels, not two.
-            let qk = qkv.narrow(2, 0, (nh + nkv) * hd).view([b, t, nh + nkv, hd]);
-            let qk = (&qk * &cos).addcmul(&qk.roll([hd / 2], [3]), &sin);
-            let q = qk.narrow(2, 0, nh).transpose(1, 2);
-            let k = qk.narrow(2, nh, nkv).transpose(1, 2);
-            let v = qkv
-                .narrow(2, (nh + nkv) * hd, nkv * hd)
-                .view([b, t, nkv, hd])
-                .transpose(1, 2);
-            cache.k[l].narrow(2, cache.len, t).copy_(&k);
-            cache.v[l].narrow(2, cache.len, t).copy_(&v);
+                qkv
+            });
+            let q = if self.kernels {
+                self.rotate_into_cache(&qkv, &cos, &sin, cache, l, total)
+            } else {
+                // Queries and keys rotate together: one set of kernels, not two.
+                let qk = qkv.narrow(2, 0, (nh + nkv) * hd).view([b, t, nh + nkv, hd]);
+                let qk = (&qk * &cos).addcmul(&qk.roll([hd / 2], [3]), &sin);
+                let k = qk.narrow(2, nh, nkv).transpose(1, 2);
+                let v = qkv
+                    .narrow(2, (nh + nkv) * hd, nkv * hd)
+                    .view([b, t, nkv, hd])
+                    .transpose(1, 2);
+                cache.k[l].narrow(2, cache.len, t).copy_(&k);
+                cache.v[l].narrow(2, cache.len, t).copy_(&v);
+                qk.narrow(2, 0, nh).transpose(1, 2)
+            };
             let attn = match &plan {
-                Attention::OneToken { bias } => {
-                    self.attend_one(&q, &cache.k[l], &cache.v[l], total, bias.as_ref())
-                }
+                Attention::OneToken { bias } => self.attend_one(&q, cache, l, total, bias.as_ref()),
                 _ => {
                     let keys = cache.k[l].narrow(2, 0, total);
                     let values = cache.v[l].narrow(2, 0, total);
@@ -601,21 +645,41 @@ impl Model {
                 }
             };
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-            let mut o = layer.o.forward(&attn);
-            self.add_lora(l, Module::O, &attn, &mut o, phase);
-            x += o;
+            x += on_rows(&attn, rows, |attn| {
+                let mut o = layer.o.forward(attn);
+                self.add_lora(l, Module::O, attn, &mut o, phase);
+                o
+            });
             let h = self.rms_norm(&x, &layer.post_norm);
-            let gu = layer.gate_up.forward(&h);
-            let inter = c.intermediate_size as i64;
-            if !self.adapters.is_empty() {
-                for (module, start) in [(Module::Gate, 0), (Module::Up, inter)] {
-                    let mut part = gu.narrow(2, start, inter);
-                    self.add_lora(l, module, &h, &mut part, phase);
+            let mut mlp = on_rows(&h, rows, |h| {
+                let gu = layer.gate_up.forward(h);
+                let inter = c.intermediate_size as i64;
+                if !self.adapters.is_empty() {
+                    for (module, start) in [(Module::Gate, 0), (Module::Up, inter)] {
+                        let mut part = gu.narrow(2, start, inter);
+                        self.add_lora(l, module, h, &mut part, phase);
+                    }
                 }
-            }
-            let act = gu.narrow(2, 0, inter).silu() * gu.narrow(2, inter, inter);
-            let mut mlp = layer.down.forward(&act);
-            self.add_lora(l, Module::Down, &act, &mut mlp, phase);
+                let act = if self.kernels {
+                    let gu = gu.contiguous();
+                    let [rb, rt, _] = gu.size()[..] else {
+                        unreachable!("activations are [batch, seq, features]")
+                    };
+                    let mut act = Tensor::empty([rb, rt, inter], (Kind::Float, Device::Cpu));
+                    emh_kernels::silu_mul(
+                        Pool::global(),
+                        f32_slice(&gu),
+                        inter as usize,
+                        f32_slice_mut(&mut act),
+                    );
+                    act
+                } else {
+                    gu.narrow(2, 0, inter).silu() * gu.narrow(2, inter, inter)
+                };
+                let mut mlp = layer.down.forward(&act);
+                self.add_lora(l, Module::Down, &act, &mut mlp, phase);
+                mlp
+            });
             hooks.run(Site::MlpOut(l), &mut mlp, phase, positions);
             x += mlp;
             hooks.run(Site::ResidPost(l), &mut x, phase, positions);

@@ -1,7 +1,9 @@
 //! Next-token choice: greedy, or temperature / top-k / top-p sampling.
 
+use emh_kernels::Pool;
 use tch::{Device, Kind, Tensor};
 
+use crate::host::f32_slice;
 use crate::RuntimeError;
 
 /// How tokens are chosen and when generation stops.
@@ -61,6 +63,21 @@ impl SamplingParams {
         if self.is_greedy() {
             return logits.argmax(-1, false);
         }
+        let uniform_f32: Vec<f32> = uniform.iter().map(|&u| u as f32).collect();
+        if logits.device() == Device::Cpu && self.top_k == 0 && self.top_p == 1.0 {
+            // The common case in one pass per row, rows split over the cores.
+            let logits = logits.to_kind(Kind::Float).contiguous();
+            let vocab = logits.size()[1] as usize;
+            let picks = emh_kernels::sample(
+                Pool::global(),
+                f32_slice(&logits),
+                vocab,
+                self.temperature as f32,
+                &uniform_f32,
+            );
+            let picks: Vec<i64> = picks.into_iter().map(|p| p as i64).collect();
+            return Tensor::from_slice(&picks);
+        }
         let scaled = logits / self.temperature;
         // Candidates in descending order when k or p needs ranking; HF applies
         // temperature, then top-k, then top-p, and so do we.
@@ -89,8 +106,8 @@ impl SamplingParams {
             let probs = Vec::<f32>::try_from(probs.view([-1])).expect("f32 probabilities");
             let picks: Vec<i64> = probs
                 .chunks_exact(n)
-                .zip(uniform)
-                .map(|(row, &u)| inverse_cdf(row, u as f32) as i64)
+                .zip(&uniform_f32)
+                .map(|(row, &u)| emh_kernels::inverse_cdf(row, u) as i64)
                 .collect();
             Tensor::from_slice(&picks).view([-1, 1])
         } else {
@@ -112,33 +129,9 @@ impl SamplingParams {
     }
 }
 
-/// The first index whose running sum of `weights` exceeds `u` times their
-/// total, the last index when rounding leaves none.
-fn inverse_cdf(weights: &[f32], u: f32) -> usize {
-    let target = u * weights.iter().sum::<f32>();
-    let mut sum = 0.0f32;
-    for (i, w) in weights.iter().enumerate() {
-        sum += w;
-        if sum > target {
-            return i;
-        }
-    }
-    weights.len() - 1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_inverse_cdf_skips_zero_weights_and_ends_at_the_last() {
-        let w = [0.0, 0.25, 0.0, 0.75, 0.0];
-        assert_eq!(inverse_cdf(&w, 0.0), 1);
-        assert_eq!(inverse_cdf(&w, 0.2499), 1);
-        assert_eq!(inverse_cdf(&w, 0.25), 3);
-        assert_eq!(inverse_cdf(&w, 0.9999), 3);
-        assert_eq!(inverse_cdf(&[0.0, 0.0], 0.5), 1);
-    }
 
     fn logits() -> Tensor {
         Tensor::from_slice(&[0.0f32, 3.0, 1.0, 2.5, -1.0, 0.5]).view([2, 3])
