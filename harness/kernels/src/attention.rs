@@ -92,7 +92,7 @@ pub fn attend_one(
                     )
                 };
                 let v = &values[cache..][..s.len * d];
-                for (h, row) in (head..head + group).zip(scores.chunks_exact_mut(s.len)) {
+                for row in scores.chunks_exact_mut(s.len) {
                     match bias {
                         Some(bias) => {
                             for (x, m) in row.iter_mut().zip(&bias[b * s.len..][..s.len]) {
@@ -103,12 +103,12 @@ pub fn attend_one(
                     }
                     let inv = 1.0 / crate::avx2::exp_shifted(row);
                     row.iter_mut().for_each(|x| *x *= inv);
-                    // SAFETY: each pair writes only its own heads' output rows.
-                    let o = unsafe {
-                        std::slice::from_raw_parts_mut((out_addr as *mut f32).add(h * d), d)
-                    };
-                    crate::avx2::mix(row, v, o);
                 }
+                // SAFETY: each pair writes only its own heads' output rows.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut((out_addr as *mut f32).add(head * d), group * d)
+                };
+                crate::avx2::mix(scores, v, d, o);
             }
         })
     });
@@ -121,14 +121,21 @@ mod tests {
 
     #[test]
     fn attention_matches_a_plain_reference() {
-        let s = CacheShape {
-            batch: 3,
-            heads: 6,
-            kv_heads: 2,
-            head_dim: 20,
-            capacity: 9,
-            len: 7,
-        };
+        // Groups of 3, 5 and 1 query heads; head sizes with and without the
+        // 16-column vector path.
+        for (heads, kv_heads, head_dim) in [(6, 2, 20), (10, 2, 32), (3, 3, 16)] {
+            check(CacheShape {
+                batch: 3,
+                heads,
+                kv_heads,
+                head_dim,
+                capacity: 9,
+                len: 7,
+            });
+        }
+    }
+
+    fn check(s: CacheShape) {
         let (d, g) = (s.head_dim, s.heads / s.kv_heads);
         let q = noise(s.batch * s.heads * d, 1);
         let keys = noise(s.batch * s.kv_heads * s.capacity * d, 2);

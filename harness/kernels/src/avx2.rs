@@ -196,33 +196,84 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// `out = Σ_t p[t] · v[t]` for rows `v[t]` of `out.len()` values.
-pub(crate) fn mix(p: &[f32], v: &[f32], out: &mut [f32]) {
-    assert_eq!(v.len(), p.len() * out.len());
+/// `out[g] = Σ_t p[g][t] · v[t]` for rows `p[g]` of `len` weights (`g <
+/// out.len() / d`) and rows `v[t]` of `d` values: the attention output of
+/// the query heads that share one key/value head.
+pub(crate) fn mix(p: &[f32], v: &[f32], d: usize, out: &mut [f32]) {
+    assert!(d > 0 && out.len().is_multiple_of(d), "rows of {d}");
+    let len = v.len() / d;
+    assert!(v.len() == len * d && p.len() == out.len() / d * len);
     #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: AVX2 and FMA are present.
-        unsafe { mix_avx2(p, v, out) };
+    if available() && d.is_multiple_of(16) {
+        // SAFETY: AVX2 and FMA are present; the lengths are checked above.
+        unsafe { mix_avx2(p, v, d, len, out) };
         return;
     }
-    mix_plain(p, v, out);
-}
-
-/// The loop of `mix`, which the compiler vectorizes for the features enabled on it.
-#[inline(always)]
-fn mix_plain(p: &[f32], v: &[f32], out: &mut [f32]) {
-    out.fill(0.0);
-    for (&pt, row) in p.iter().zip(v.chunks_exact(out.len())) {
-        for (o, x) in out.iter_mut().zip(row) {
-            *o += pt * x;
+    for (pg, og) in p.chunks_exact(len.max(1)).zip(out.chunks_exact_mut(d)) {
+        og.fill(0.0);
+        for (&pt, row) in pg.iter().zip(v.chunks_exact(d)) {
+            for (o, x) in og.iter_mut().zip(row) {
+                *o += pt * x;
+            }
         }
     }
 }
 
+/// `mix` for `d` a multiple of 16, up to four heads at a time, so that each
+/// row of `v` is read once for all of them.
+///
+/// # Safety
+/// As `mix` checks: `p` holds `out.len() / d` rows of `len`, `v` `len` rows of `d`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn mix_avx2(p: &[f32], v: &[f32], out: &mut [f32]) {
-    mix_plain(p, v, out);
+unsafe fn mix_avx2(p: &[f32], v: &[f32], d: usize, len: usize, out: &mut [f32]) {
+    let heads = out.len() / d;
+    for g in (0..heads).step_by(4) {
+        let (p, o) = (p[g * len..].as_ptr(), out[g * d..].as_mut_ptr());
+        // SAFETY: the caller's contract, for heads g.. of this block.
+        unsafe {
+            match (heads - g).min(4) {
+                1 => mix_heads::<1>(p, v.as_ptr(), d, len, o),
+                2 => mix_heads::<2>(p, v.as_ptr(), d, len, o),
+                3 => mix_heads::<3>(p, v.as_ptr(), d, len, o),
+                _ => mix_heads::<4>(p, v.as_ptr(), d, len, o),
+            }
+        }
+    }
+}
+
+/// `G` heads of `mix_avx2`, 16 columns at a time: `2 * G` accumulators.
+///
+/// # Safety
+/// `p` holds `G` rows of `len`, `v` `len` rows of `d`, `out` `G` rows of `d`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mix_heads<const G: usize>(
+    p: *const f32,
+    v: *const f32,
+    d: usize,
+    len: usize,
+    out: *mut f32,
+) {
+    for c in (0..d).step_by(16) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; G];
+        // SAFETY (this block): reads and writes stay within the caller's rows.
+        unsafe {
+            for t in 0..len {
+                let row = v.add(t * d + c);
+                let (lo, hi) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+                for (g, a) in acc.iter_mut().enumerate() {
+                    let w = _mm256_broadcast_ss(&*p.add(g * len + t));
+                    a[0] = _mm256_fmadd_ps(w, lo, a[0]);
+                    a[1] = _mm256_fmadd_ps(w, hi, a[1]);
+                }
+            }
+            for (g, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(g * d + c), a[0]);
+                _mm256_storeu_ps(out.add(g * d + c + 8), a[1]);
+            }
+        }
+    }
 }
 
 /// One row of `rms_norm`.
