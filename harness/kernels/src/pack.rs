@@ -46,11 +46,10 @@ impl Packed {
         if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return None;
         }
-        let chunks = w.chunks_exact(BLOCK);
-        let blocks = if let Some(b) = chunks.clone().map(q4_1).collect::<Option<Vec<_>>>() {
+        let blocks = if let Some(b) = each_block(w, q4_1) {
             Blocks::Q4_1(b)
         } else {
-            Blocks::Q8_0(chunks.map(q8_0).collect::<Option<Vec<_>>>()?)
+            Blocks::Q8_0(each_block(w, q8_0)?)
         };
         Some(Packed { rows, cols, blocks })
     }
@@ -64,6 +63,31 @@ impl Packed {
             Blocks::Q8_0(b) => crate::avx2::unpack_q8_0(&b[range], out),
         }
     }
+}
+
+/// `pack` of every block of `w`, `None` as soon as one gives `None`; the
+/// blocks are split over the cores, since a model has some hundred million
+/// values to check on load.
+fn each_block<B: Send>(w: &[f32], pack: fn(&[f32]) -> Option<B>) -> Option<Vec<B>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = (w.len() / BLOCK).div_ceil(threads).max(1) * BLOCK;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = w
+            .chunks(per_thread)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.chunks_exact(BLOCK)
+                        .map(pack)
+                        .collect::<Option<Vec<B>>>()
+                })
+            })
+            .collect();
+        let mut blocks = Vec::with_capacity(w.len() / BLOCK);
+        for part in parts {
+            blocks.extend(part.join().expect("a packing thread panicked")?);
+        }
+        Some(blocks)
+    })
 }
 
 /// The f32 value ggml's Q4_1 dequantization gives for `q`.
