@@ -177,6 +177,11 @@ pub struct GenerateArgs {
     /// Keep generating past end-of-sequence tokens, to exactly --max-new-tokens (benchmarks).
     #[arg(long)]
     ignore_eos: bool,
+    /// First generate this many tokens for the first batch, untimed and
+    /// discarded, so the tok/s figure leaves out one-time costs such as the
+    /// first touch of fresh memory (benchmarks).
+    #[arg(long, default_value_t = 0)]
+    warmup_tokens: usize,
     /// Base seed; sample j of prompt i uses a seed derived from (seed, i, j),
     /// written to the output, so any sample can be regenerated alone.
     #[arg(long, default_value_t = 0)]
@@ -264,19 +269,38 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     // Similar lengths together waste less compute on padding.
     jobs.sort_by_key(|(_, _, _, ids)| std::cmp::Reverse(ids.len()));
+    let requests_of = |chunk: &[(usize, usize, String, Vec<u32>)]| -> Vec<GenRequest> {
+        chunk
+            .iter()
+            .map(|(i, j, _, ids)| GenRequest {
+                prompt: ids.clone(),
+                seed: emh_runtime::derive_seed(a.seed, *i as u64, *j as u64),
+            })
+            .collect()
+    };
+    if a.warmup_tokens > 0 {
+        let first = &jobs[..a.batch_size.min(jobs.len())];
+        let warmup = SamplingParams {
+            max_new_tokens: a.warmup_tokens,
+            ..params.clone()
+        };
+        // Without the plugins' hooks: a warm-up must not reach what they record.
+        run_generate(
+            &loaded.model,
+            &loaded.tokenizer,
+            &requests_of(first),
+            &warmup,
+            &mut HookSet::new(),
+            |_| {},
+        )?;
+    }
     let mut out = open_out(&a.out)?;
     let bar = progress(jobs.len() as u64, "sampling");
     let started = Instant::now();
     let mut new_tokens = 0usize;
     let mut records = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(a.batch_size) {
-        let requests: Vec<GenRequest> = chunk
-            .iter()
-            .map(|(i, j, _, ids)| GenRequest {
-                prompt: ids.clone(),
-                seed: emh_runtime::derive_seed(a.seed, *i as u64, *j as u64),
-            })
-            .collect();
+        let requests = requests_of(chunk);
         let outputs = run_generate(
             &loaded.model,
             &loaded.tokenizer,

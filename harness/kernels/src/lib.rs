@@ -20,7 +20,7 @@ pub use activation::silu_mul;
 pub use attention::{attend_one, CacheShape};
 pub use norm::rms_norm;
 pub use pack::Packed;
-pub use pool::Pool;
+pub use pool::{zero, Pool};
 pub use product::{linear, Weights};
 pub use rope::rotate_into_cache;
 pub use sample::{inverse_cdf, sample};

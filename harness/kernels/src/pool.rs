@@ -145,6 +145,20 @@ pub(crate) unsafe fn rows_mut<'a>(addr: usize, width: usize, rows: Range<usize>)
     }
 }
 
+/// Sets `out` to zeros, each thread its own part: on fresh memory this is
+/// mostly page faults, which every core takes at once.
+pub fn zero(pool: &Pool, out: &mut [f32]) {
+    // Whole pages per thread: 4 KiB of f32.
+    const PAGE: usize = 1024;
+    let addr = out.as_mut_ptr() as usize;
+    let pages = out.len().div_ceil(PAGE);
+    pool.split(pages, 16, &|range| {
+        let end = (range.end * PAGE).min(out.len());
+        // SAFETY: each thread zeroes only its own pages of `out`.
+        unsafe { rows_mut(addr, 1, range.start * PAGE..end) }.fill(0.0);
+    });
+}
+
 fn worker(s: &Shared, index: usize) {
     let mut seen = 0;
     loop {
@@ -210,6 +224,16 @@ mod tests {
             ran.fetch_add(1, SeqCst);
         });
         assert_eq!(ran.load(SeqCst), 4);
+    }
+
+    #[test]
+    fn zero_clears_every_value() {
+        let pool = Pool::new(3);
+        for len in [0, 1, 1023, 1025, 100_000] {
+            let mut v = vec![f32::NAN; len];
+            zero(&pool, &mut v);
+            assert!(v.iter().all(|x| *x == 0.0), "{len}");
+        }
     }
 
     #[test]

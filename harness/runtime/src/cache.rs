@@ -1,7 +1,9 @@
 //! The key/value cache of a batch being generated.
 
+use emh_kernels::Pool;
 use tch::{Device, Kind, Tensor};
 
+use crate::host::f32_slice_mut;
 use crate::ModelConfig;
 
 /// Preallocated keys and values of every layer, `[batch, kv_heads, capacity, head_dim]`.
@@ -21,8 +23,16 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `batch` sequences of up to `capacity` tokens.
-    pub fn new(cfg: &ModelConfig, batch: i64, capacity: i64, kind: Kind, device: Device) -> Self {
+    /// An empty cache for `batch` sequences of up to `capacity` tokens;
+    /// f32 CPU tensors are zeroed on `pool` when one is given.
+    pub(crate) fn new(
+        cfg: &ModelConfig,
+        batch: i64,
+        capacity: i64,
+        kind: Kind,
+        device: Device,
+        pool: Option<&Pool>,
+    ) -> Self {
         let shape = [
             batch,
             cfg.num_kv_heads as i64,
@@ -31,7 +41,17 @@ impl KvCache {
         ];
         let alloc = || {
             (0..cfg.num_layers)
-                .map(|_| Tensor::zeros(shape, (kind, device)))
+                .map(|_| match pool {
+                    // The cache is often the largest allocation of a run, and
+                    // the first touch of fresh memory is page faults: all
+                    // cores take them together.
+                    Some(pool) if kind == Kind::Float && device == Device::Cpu => {
+                        let mut t = Tensor::empty(shape, (kind, device));
+                        emh_kernels::zero(pool, f32_slice_mut(&mut t));
+                        t
+                    }
+                    _ => Tensor::zeros(shape, (kind, device)),
+                })
                 .collect()
         };
         KvCache {

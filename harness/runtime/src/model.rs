@@ -14,79 +14,91 @@ use crate::{ModelConfig, RuntimeError};
 
 /// A weight matrix `[out, in]` (and bias), multiplied the fastest way its device has.
 struct Linear {
-    w: Tensor,
+    /// Output features: rows of the weight matrix.
+    rows: i64,
     bias: Option<Tensor>,
     path: LinearPath,
 }
 
-/// How a `Linear` multiplies.
+/// How a `Linear` holds its weights and multiplies.
 enum LinearPath {
-    /// f32 on a CPU with AVX2: emh's own kernels, over the dense weights or,
-    /// when they are exactly 4/8-bit blocks (weights imported from a
-    /// quantized GGUF file), over those blocks, a quarter to a third of the
-    /// bytes.
-    Kernels(Option<Packed>),
+    /// f32 on a CPU with AVX2 (see `Model::kernels`): emh's own kernels
+    /// over the dense weights.
+    Dense(Tensor),
+    /// The same kernels over exact 4/8-bit blocks, when the weights are such
+    /// blocks (imported from a quantized GGUF file): a quarter to a third of
+    /// the bytes, and the dense copy is dropped.
+    Packed(Packed),
     /// f32 on other CPUs: oneDNN's blocked layout, which multiplies small
     /// batches about twice as fast as the default BLAS path.
     OneDnn(Tensor),
     /// Everything else: ATen's `linear`.
-    Aten,
+    Aten(Tensor),
 }
 
 impl Linear {
     /// `kernels`: the model runs on emh's CPU kernels (see `Model::kernels`).
     fn new(w: Tensor, bias: Option<Tensor>, kernels: bool) -> Self {
         let w = w.contiguous();
+        let [rows, cols] = w.size()[..] else {
+            unreachable!("weight matrices are 2-d")
+        };
         let path = if kernels {
-            let [rows, cols] = w.size()[..] else {
-                unreachable!("weight matrices are 2-d")
-            };
-            LinearPath::Kernels(Packed::exact(f32_slice(&w), rows as usize, cols as usize))
+            match Packed::exact(f32_slice(&w), rows as usize, cols as usize) {
+                Some(p) => LinearPath::Packed(p),
+                None => LinearPath::Dense(w),
+            }
         } else if w.device() == Device::Cpu && w.kind() == Kind::Float && tch::utils::has_mkldnn() {
             LinearPath::OneDnn(w.to_mkldnn())
         } else {
-            LinearPath::Aten
+            LinearPath::Aten(w)
         };
-        Linear { w, bias, path }
+        Linear { rows, bias, path }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let mut shape = x.size();
         let k = *shape.last().expect("activations have a feature dimension");
         let y = match &self.path {
-            LinearPath::Aten => return x.linear(&self.w, self.bias.as_ref()),
+            LinearPath::Aten(w) => return x.linear(w, self.bias.as_ref()),
             LinearPath::OneDnn(w) => x
                 .reshape([-1, k])
                 .to_mkldnn()
                 .mkldnn_linear::<Tensor>(w, None)
                 .to_dense(None, false),
-            LinearPath::Kernels(packed) => {
-                let x = x.reshape([-1, k]).contiguous();
-                let rows = self.w.size()[0];
-                let mut y = Tensor::empty([x.size()[0], rows], (Kind::Float, Device::Cpu));
-                let weights = match packed {
-                    Some(p) => Weights::Packed(p),
-                    None => Weights::Dense {
-                        data: f32_slice(&self.w),
-                        rows: rows as usize,
-                        cols: k as usize,
-                    },
-                };
-                emh_kernels::linear(
-                    Pool::global(),
-                    f32_slice(&x),
-                    weights,
-                    f32_slice_mut(&mut y),
-                );
-                y
-            }
+            LinearPath::Packed(p) => self.on_kernels(x, Weights::Packed(p)),
+            LinearPath::Dense(w) => self.on_kernels(
+                x,
+                Weights::Dense {
+                    data: f32_slice(w),
+                    rows: self.rows as usize,
+                    cols: k as usize,
+                },
+            ),
         };
-        *shape.last_mut().expect("same rank") = y.size()[1];
+        *shape.last_mut().expect("same rank") = self.rows;
         let y = y.view(shape.as_slice());
         match &self.bias {
             Some(b) => y + b,
             None => y,
         }
+    }
+
+    /// `x · wᵀ` `[rows of x, self.rows]` on emh's kernels.
+    fn on_kernels(&self, x: &Tensor, weights: Weights<'_>) -> Tensor {
+        let k = *x
+            .size()
+            .last()
+            .expect("activations have a feature dimension");
+        let x = x.reshape([-1, k]).contiguous();
+        let mut y = Tensor::empty([x.size()[0], self.rows], (Kind::Float, Device::Cpu));
+        emh_kernels::linear(
+            Pool::global(),
+            f32_slice(&x),
+            weights,
+            f32_slice_mut(&mut y),
+        );
+        y
     }
 }
 
@@ -338,7 +350,8 @@ impl Model {
 
     /// An empty KV cache for `batch` sequences of up to `capacity` tokens.
     pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
-        KvCache::new(&self.config, batch, capacity, self.kind, self.device)
+        let pool = self.kernels.then(Pool::global);
+        KvCache::new(&self.config, batch, capacity, self.kind, self.device, pool)
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
