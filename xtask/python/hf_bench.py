@@ -18,6 +18,7 @@ ap.add_argument("--max-new-tokens", type=int, default=128)
 ap.add_argument("--device", default="cpu")
 ap.add_argument("--dtype", default="float32")
 ap.add_argument("--repeats", type=int, default=1)
+ap.add_argument("--warmup-tokens", type=int, default=4, help="untimed generation of the same batch first")
 ap.add_argument("--random-init", action="store_true", help="random weights from the folder's config.json alone")
 a = ap.parse_args()
 
@@ -39,7 +40,8 @@ enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to
 kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=a.max_new_tokens,
           min_new_tokens=a.max_new_tokens, pad_token_id=tok.pad_token_id)
 with torch.no_grad():
-    model.generate(**enc, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+    warm = {"max_new_tokens": a.warmup_tokens, "min_new_tokens": a.warmup_tokens}
+    model.generate(**enc, **{**kw, **warm})
     if a.device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()

@@ -9,6 +9,9 @@ use anyhow::{bail, Context, Result};
 use crate::{checked, Env};
 
 const NEW_TOKENS: usize = 128;
+/// Both sides first generate this many tokens for the same batch, untimed,
+/// so that one-time start-up costs stay out of both figures.
+pub(crate) const WARMUP_TOKENS: usize = 4;
 /// Each side runs this many times, alternating, and reports its median, so
 /// load from elsewhere on the machine hits both alike.
 const REPEATS: usize = 3;
@@ -61,6 +64,7 @@ pub(crate) fn run_emh(env: &Env, r: &GenRun) -> Result<f64> {
         .args(["--batch-size", &r.batch.to_string()])
         .args(["--max-new-tokens", &r.new_tokens.to_string()])
         .args(["--temperature", "1.0", "--ignore-eos", "--seed", "0"])
+        .args(["--warmup-tokens", &WARMUP_TOKENS.to_string()])
         .args(["--out", "/dev/null"]);
     if r.random_bf16 {
         cmd.args(["--random-init", "0", "--dtype", "bf16"]);
@@ -77,7 +81,8 @@ pub(crate) fn run_hf(env: &Env, r: &GenRun) -> Result<serde_json::Value> {
         .arg("--prompts")
         .arg(r.prompts)
         .args(["--batch-size", &r.batch.to_string(), "--device", r.device])
-        .args(["--max-new-tokens", &r.new_tokens.to_string()]);
+        .args(["--max-new-tokens", &r.new_tokens.to_string()])
+        .args(["--warmup-tokens", &WARMUP_TOKENS.to_string()]);
     if r.random_bf16 {
         cmd.args(["--dtype", "bfloat16", "--random-init"]);
     }
@@ -184,7 +189,7 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
         _ => format!("cargo xtask bench generate --device {device}"),
     };
     let mut section = section_head(&header, &command, &machine());
-    writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on both sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prefill included; median of {REPEATS} alternating runs per side")?;
+    writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on both sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prefill included; median of {REPEATS} alternating runs per side, each after an untimed {WARMUP_TOKENS}-token warm-up generation of the same batch in the same process")?;
     writeln!(
         section,
         "- reference: HF transformers {} `generate` (torch {}) on the same imported folder in the same run\n",

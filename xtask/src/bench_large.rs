@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::bench::{
-    json_line, machine, median, run_emh, run_hf, section_head, write_section, GenRun,
+    json_line, machine, median, run_emh, run_hf, section_head, write_section, GenRun, WARMUP_TOKENS,
 };
 use crate::Env;
 
@@ -218,7 +218,7 @@ pub fn generate_large(env: &Env, args: &[&str]) -> Result<()> {
     )?;
     writeln!(
         section,
-        "- reference: HF transformers {} `generate` (torch {}, default attention), after a warm-up call; emh's time includes its first CUDA calls",
+        "- reference: HF transformers {} `generate` (torch {}, default attention); each side first runs an untimed {WARMUP_TOKENS}-token generation of the same batch in the same process",
         hf_info["transformers"].as_str().unwrap_or("?"),
         hf_info["torch"].as_str().unwrap_or("?")
     )?;
