@@ -72,30 +72,42 @@ pub fn attend_one(
     let out_addr = out.as_mut_ptr() as usize;
     pool.run(&|index| {
         SCORES.with_borrow_mut(|scores| {
-            scores.resize(group * s.len, 0.0);
             for pair in index * per..((index + 1) * per).min(pairs) {
                 let (b, kh) = (pair / s.kv_heads, pair % s.kv_heads);
+                let bias = bias.map(|bias| &bias[b * s.len..][..s.len]);
+                // Left padding is a run of hidden slots at the start: skip
+                // it, from a multiple of 8 so that the exponentials fall in
+                // the same vector lanes and sum to the same bits.
+                let first = bias.map_or(0, |bias| {
+                    bias.iter()
+                        .position(|m| *m > f32::NEG_INFINITY)
+                        .unwrap_or(0)
+                        / 8
+                        * 8
+                });
+                let n = s.len - first;
+                scores.resize(group * n, 0.0);
                 let head = b * s.heads + kh * group;
-                let cache = (b * s.kv_heads + kh) * s.capacity * d;
-                // SAFETY: the pair's `group` query rows and `len` cached key
+                let cache = ((b * s.kv_heads + kh) * s.capacity + first) * d;
+                // SAFETY: the pair's `group` query rows and `n` cached key
                 // rows lie within the checked slices, and `scores` holds
-                // `group` rows of `len`.
+                // `group` rows of `n`.
                 unsafe {
                     chunk(
                         q.as_ptr().add(head * d),
                         group,
                         keys.as_ptr().add(cache),
-                        s.len,
+                        n,
                         d,
                         scores.as_mut_ptr(),
-                        s.len,
+                        n,
                     )
                 };
-                let v = &values[cache..][..s.len * d];
-                for row in scores.chunks_exact_mut(s.len) {
+                let v = &values[cache..][..n * d];
+                for row in scores.chunks_exact_mut(n) {
                     match bias {
                         Some(bias) => {
-                            for (x, m) in row.iter_mut().zip(&bias[b * s.len..][..s.len]) {
+                            for (x, m) in row.iter_mut().zip(&bias[first..]) {
                                 *x = *x * scale + m;
                             }
                         }
@@ -129,10 +141,65 @@ mod tests {
                 heads,
                 kv_heads,
                 head_dim,
-                capacity: 9,
-                len: 7,
+                capacity: 21,
+                len: 19,
             });
         }
+    }
+
+    #[test]
+    fn left_padding_is_never_read() {
+        // 11 hidden slots; the first 8 hold NaN, which would show if read.
+        // The same cache with those 8 dropped gives the same bits.
+        let s = CacheShape {
+            batch: 1,
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 32,
+            capacity: 30,
+            len: 29,
+        };
+        let d = s.head_dim;
+        let q = noise(s.heads * d, 1);
+        let poison = |mut cache: Vec<f32>| {
+            for head in cache.chunks_mut(s.capacity * d) {
+                head[..8 * d].fill(f32::NAN);
+            }
+            cache
+        };
+        let keys = poison(noise(s.kv_heads * s.capacity * d, 2));
+        let values = poison(noise(keys.len(), 3));
+        let attend = |first: usize, hidden: usize| {
+            let short = CacheShape {
+                capacity: s.capacity - first,
+                len: s.len - first,
+                ..s
+            };
+            let drop = |cache: &[f32]| -> Vec<f32> {
+                cache
+                    .chunks(s.capacity * d)
+                    .flat_map(|head| head[first * d..].to_vec())
+                    .collect()
+            };
+            let mut bias = vec![0.0; short.len];
+            bias[..hidden].fill(f32::NEG_INFINITY);
+            let mut out = vec![0.0; q.len()];
+            let (k, v) = (drop(&keys), drop(&values));
+            attend_one(
+                &Pool::new(2),
+                &short,
+                &q,
+                &k,
+                &v,
+                0.5,
+                Some(&bias),
+                &mut out,
+            );
+            out
+        };
+        let padded = attend(0, 11);
+        assert!(padded.iter().all(|x| x.is_finite()));
+        assert_eq!(padded, attend(8, 3));
     }
 
     fn check(s: CacheShape) {
@@ -140,8 +207,9 @@ mod tests {
         let q = noise(s.batch * s.heads * d, 1);
         let keys = noise(s.batch * s.kv_heads * s.capacity * d, 2);
         let values = noise(keys.len(), 3);
+        // Sequence 1 has a left-padded start longer than one vector.
         let mut bias = vec![0.0; s.batch * s.len];
-        bias[s.len] = f32::NEG_INFINITY;
+        bias[s.len..s.len + 9.min(s.len - 1)].fill(f32::NEG_INFINITY);
         let at = |cache: &[f32], b: usize, h: usize, t: usize| {
             cache[((b * s.kv_heads + h / g) * s.capacity + t) * d..][..d].to_vec()
         };

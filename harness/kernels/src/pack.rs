@@ -10,6 +10,7 @@ pub(crate) const BLOCK: usize = 32;
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub(crate) struct Q4_1Block {
+    /// The step, an f16 value as ggml stores it.
     pub d: f32,
     pub m: f32,
     pub qs: [u8; 16],
