@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cache::KvCache;
 use crate::hooks::{HookSet, Phase, Site};
-use crate::host::{f32_slice, f32_slice_mut};
+use crate::host::{contiguous, f32_slice, f32_slice_mut};
 use crate::lora::{Adapter, Module};
 use crate::weights::WeightFiles;
 use crate::{ModelConfig, RuntimeError};
@@ -59,16 +59,19 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
         let mut shape = x.size();
         let k = *shape.last().expect("activations have a feature dimension");
+        *shape.last_mut().expect("same rank") = self.rows;
         let y = match &self.path {
             LinearPath::Aten(w) => return x.linear(w, self.bias.as_ref()),
             LinearPath::OneDnn(w) => x
                 .reshape([-1, k])
                 .to_mkldnn()
                 .mkldnn_linear::<Tensor>(w, None)
-                .to_dense(None, false),
-            LinearPath::Packed(p) => self.on_kernels(x, Weights::Packed(p)),
+                .to_dense(None, false)
+                .view(shape.as_slice()),
+            LinearPath::Packed(p) => self.on_kernels(x, &shape, Weights::Packed(p)),
             LinearPath::Dense(w) => self.on_kernels(
                 x,
+                &shape,
                 Weights::Dense {
                     data: f32_slice(w),
                     rows: self.rows as usize,
@@ -76,22 +79,16 @@ impl Linear {
                 },
             ),
         };
-        *shape.last_mut().expect("same rank") = self.rows;
-        let y = y.view(shape.as_slice());
         match &self.bias {
             Some(b) => y + b,
             None => y,
         }
     }
 
-    /// `x · wᵀ` `[rows of x, self.rows]` on emh's kernels.
-    fn on_kernels(&self, x: &Tensor, weights: Weights<'_>) -> Tensor {
-        let k = *x
-            .size()
-            .last()
-            .expect("activations have a feature dimension");
-        let x = x.reshape([-1, k]).contiguous();
-        let mut y = Tensor::empty([x.size()[0], self.rows], (Kind::Float, Device::Cpu));
+    /// `x · wᵀ`, of `shape`, on emh's kernels.
+    fn on_kernels(&self, x: &Tensor, shape: &[i64], weights: Weights<'_>) -> Tensor {
+        let x = contiguous(x);
+        let mut y = Tensor::empty(shape, (Kind::Float, Device::Cpu));
         emh_kernels::linear(
             Pool::global(),
             f32_slice(&x),
@@ -358,7 +355,7 @@ impl Model {
         if self.kernels {
             // One pass instead of ATen's six operations, which cost some
             // 50 microseconds at batch 16, sixty times a step.
-            let x = x.contiguous();
+            let x = contiguous(x);
             let mut out = x.empty_like();
             emh_kernels::rms_norm(
                 Pool::global(),
@@ -528,7 +525,7 @@ impl Model {
             unreachable!("activations are [batch, seq, features]")
         };
         let shape = self.cache_shape(cache, b, total);
-        let qkv = qkv.contiguous();
+        let qkv = contiguous(qkv);
         let mut q = Tensor::empty(
             [b, shape.heads as i64, t, shape.head_dim as i64],
             (Kind::Float, Device::Cpu),
@@ -549,7 +546,7 @@ impl Model {
 
     /// Attention of one new query per head `q` `[b, heads, 1, d]` over the
     /// first `total` slots of layer `l`'s cache, with emh's kernels (see
-    /// `Attention::OneToken`).
+    /// `Attention::OneToken`): `[b, 1, heads * d]`.
     fn attend_one(
         &self,
         q: &Tensor,
@@ -561,8 +558,9 @@ impl Model {
         let [b, nh, _, d] = q.size()[..] else {
             unreachable!("queries are 4-d")
         };
-        let q = q.contiguous();
-        let mut out = Tensor::empty([b, nh, 1, d], (Kind::Float, Device::Cpu));
+        let q = contiguous(q);
+        // Heads in order are the layout of `[b, 1, heads * d]` already.
+        let mut out = Tensor::empty([b, 1, nh * d], (Kind::Float, Device::Cpu));
         emh_kernels::attend_one(
             Pool::global(),
             &self.cache_shape(cache, b, total),
@@ -655,9 +653,10 @@ impl Model {
                     let keys = cache.k[l].narrow(2, 0, total);
                     let values = cache.v[l].narrow(2, 0, total);
                     self.attention(&q, &keys, &values, &plan)
+                        .transpose(1, 2)
+                        .reshape([b, t, nh * hd])
                 }
             };
-            let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
             x += on_rows(&attn, rows, |attn| {
                 let mut o = layer.o.forward(attn);
                 self.add_lora(l, Module::O, attn, &mut o, phase);
@@ -674,7 +673,7 @@ impl Model {
                     }
                 }
                 let act = if self.kernels {
-                    let gu = gu.contiguous();
+                    let gu = contiguous(&gu);
                     let [rb, rt, _] = gu.size()[..] else {
                         unreachable!("activations are [batch, seq, features]")
                     };
