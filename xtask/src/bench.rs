@@ -14,7 +14,7 @@ const NEW_TOKENS: usize = 128;
 pub(crate) const WARMUP_TOKENS: usize = 4;
 /// Each side runs this many times, alternating, and reports its median, so
 /// load from elsewhere on the machine hits both alike.
-const REPEATS: usize = 3;
+const REPEATS: usize = 5;
 
 /// The middle value; the mean of the two middle ones for an even count.
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -180,7 +180,6 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
                 hf[round - 1]
             );
         }
-        let (ours, hf) = (median(ours), median(hf));
         rows.push((batch, ours, hf));
     }
     let header = format!("## generate: SmolLM2-135M-Instruct, {device}, f32");
@@ -199,7 +198,17 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
     writeln!(section, "| batch | emh tok/s | HF tok/s | emh / HF |")?;
     writeln!(section, "|---:|---:|---:|---:|")?;
     for (b, ours, hf) in &rows {
-        writeln!(section, "| {b} | {ours:.1} | {hf:.1} | {:.2}x |", ours / hf)?;
+        let (m, h) = (median(ours.clone()), median(hf.clone()));
+        writeln!(section, "| {b} | {m:.1} | {h:.1} | {:.2}x |", m / h)?;
+    }
+    writeln!(section, "\nEach round, in order (emh / HF tok/s):\n")?;
+    for (b, ours, hf) in &rows {
+        let rounds: Vec<String> = ours
+            .iter()
+            .zip(hf)
+            .map(|(o, h)| format!("{o:.1} / {h:.1}"))
+            .collect();
+        writeln!(section, "- batch {b}: {}", rounds.join(", "))?;
     }
     write_section(&env.root, &header, &section)
 }
@@ -214,7 +223,9 @@ pub(crate) fn write_section(root: &Path, header: &str, section: &str) -> Result<
                 .find("\n## ")
                 .map(|e| start + header.len() + e + 1)
                 .unwrap_or(old.len());
-            format!("{}{}{}", &old[..start], section, &old[end..])
+            // A blank line before the next section, however the section ends.
+            let section = section.trim_end_matches('\n');
+            format!("{}{section}\n\n{}", &old[..start], &old[end..])
         }
         None => format!(
             "{}\n{}",
