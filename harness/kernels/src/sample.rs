@@ -66,7 +66,6 @@ pub fn inverse_cdf(weights: &[f32], u: f32) -> usize {
     let sums: Vec<f32> = weights.chunks(BLOCK).map(block_sum).collect();
     let target = u * sums.iter().sum::<f32>();
     let mut before = 0.0f32;
-    let mut last = weights.len() - 1;
     for (block, (b, &sum)) in weights.chunks(BLOCK).zip(&sums).enumerate() {
         if before + sum > target {
             let mut running = before;
@@ -78,11 +77,12 @@ pub fn inverse_cdf(weights: &[f32], u: f32) -> usize {
             }
         }
         before += sum;
-        if let Some(i) = b.iter().rposition(|&w| w > 0.0) {
-            last = block * BLOCK + i;
-        }
     }
-    last
+    // Only when rounding left no draw: rare, so this second pass costs nothing.
+    weights
+        .iter()
+        .rposition(|&w| w > 0.0)
+        .unwrap_or(weights.len() - 1)
 }
 
 #[cfg(test)]

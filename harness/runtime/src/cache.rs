@@ -23,8 +23,8 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `batch` sequences of up to `capacity` tokens;
-    /// f32 CPU tensors are zeroed on `pool` when one is given.
+    /// An empty cache for `batch` sequences of up to `capacity` tokens,
+    /// zeroed on `pool` when one is given (f32 CPU caches only).
     pub(crate) fn new(
         cfg: &ModelConfig,
         batch: i64,
@@ -45,7 +45,7 @@ impl KvCache {
                     // The cache is often the largest allocation of a run, and
                     // the first touch of fresh memory is page faults: all
                     // cores take them together.
-                    Some(pool) if kind == Kind::Float && device == Device::Cpu => {
+                    Some(pool) => {
                         let mut t = Tensor::empty(shape, (kind, device));
                         emh_kernels::zero(pool, f32_slice_mut(&mut t));
                         t

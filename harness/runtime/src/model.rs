@@ -347,6 +347,7 @@ impl Model {
 
     /// An empty KV cache for `batch` sequences of up to `capacity` tokens.
     pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+        // The kernels run only on f32 CPU models: caches `zero` can fill.
         let pool = self.kernels.then(Pool::global);
         KvCache::new(&self.config, batch, capacity, self.kind, self.device, pool)
     }
