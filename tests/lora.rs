@@ -60,13 +60,23 @@ fn logits_diff(dir: &Path, adapters: &[&Path]) -> f64 {
         args.extend(["--adapter", s(a)]);
     }
     emh_ok(&args);
-    let mut ref_args = vec!["logits", "--model", s(&model), "--ours", s(&out)];
+    let base_args = [
+        "logits",
+        "--model",
+        s(&model),
+        "--ours",
+        s(&out),
+        "--prompts",
+        s(&prompts),
+    ];
+    let mut ref_args = base_args.to_vec();
     for a in adapters {
         ref_args.extend(["--adapter", s(a)]);
     }
     let r = reference(&ref_args);
+    assert_eq!(r["batch_equal"], json!(true), "{r}");
     // The adapters must matter, or matching peft would prove nothing.
-    let base = reference(&["logits", "--model", s(&model), "--ours", s(&out)]);
+    let base = reference(&base_args);
     let effect = base["max_abs_diff"].as_f64().unwrap();
     assert!(
         effect > 0.05,

@@ -62,6 +62,13 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The generated token ids of a one-prompt `emh generate`.
+fn tokens(out: &std::process::Output) -> serde_json::Value {
+    let line: serde_json::Value = serde_json::from_str(stdout(out).trim()).unwrap();
+    assert!(line["tokens"].is_array(), "{line}");
+    line["tokens"].clone()
+}
+
 #[test]
 fn built_in_plugins_are_listed_with_kind_version_and_origin() {
     let out = stdout(&emh_ok(&["plugins", "list"]));
@@ -86,6 +93,8 @@ fn built_in_plugins_are_listed_with_kind_version_and_origin() {
     );
 }
 
+/// The template builds out of tree, loads like a built-in, and its
+/// intervention changes the model's output.
 #[test]
 fn the_template_builds_out_of_tree_and_loads_like_the_built_ins() {
     let tmp = tempfile::tempdir().unwrap();
@@ -124,7 +133,8 @@ fn the_template_builds_out_of_tree_and_loads_like_the_built_ins() {
         .lines()
         .any(|l| l.starts_with("template-scale") && l.contains("EMH_PLUGIN_PATH")));
 
-    // Scaling by 1 is the identity: same greedy answer as without the plugin.
+    // The plugin must change the model: scaling the residual stream by 0.5
+    // gives another greedy answer, and scaling by 1 (the identity) the same.
     let base = [
         "generate",
         "--device",
@@ -135,18 +145,15 @@ fn the_template_builds_out_of_tree_and_loads_like_the_built_ins() {
         "--max-new-tokens",
         "12",
     ];
-    let plain = stdout(&emh_ok(&base));
-    let mut args = base.to_vec();
-    args.extend([
-        "--plugin-dir",
-        s(dir),
-        "--intervention",
-        "template-scale={\"factor\": 1.0}",
-    ]);
-    let with = stdout(&emh_ok(&args));
-    let answer =
-        |o: &str| serde_json::from_str::<serde_json::Value>(o.trim()).unwrap()["answer"].clone();
-    assert_eq!(answer(&plain), answer(&with));
+    let plain = tokens(&emh_ok(&base));
+    let with = |factor: &str| {
+        let config = format!("template-scale={{\"factor\": {factor}}}");
+        let mut args = base.to_vec();
+        args.extend(["--plugin-dir", s(dir), "--intervention", &config]);
+        tokens(&emh_ok(&args))
+    };
+    assert_ne!(with("0.5"), plain, "factor 0.5 changed nothing");
+    assert_eq!(with("1.0"), plain, "factor 1 is not the identity");
     let bad = emh(&["plugins", "check", s(&lib), "--config", "{\"factr\": 1}"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown field `factr`"));
@@ -223,19 +230,36 @@ fn a_panicking_plugin_is_an_error_and_emh_exits_cleanly() {
     );
 }
 
+/// Three interventions in one run are all applied and recorded, and each
+/// of them alone changes the sampled tokens of a plain run with the same seed.
 #[test]
 fn several_interventions_run_side_by_side_and_are_recorded() {
     let v: Vec<String> = (0..576)
         .map(|i| format!("{}", ((i * 37 % 101) as f32 - 50.0) / 50.0))
         .collect();
     let vector = format!("[{}]", v.join(","));
-    let out = stdout(&emh_ok(&[
+    let interventions = [
+        format!("steering={{\"vector\": {vector}, \"layers\": [5], \"scale\": 2}}"),
+        format!("random-control={{\"mode\": \"steering\", \"seed\": 9, \"scale\": 2, \"vector\": {vector}, \"layers\": [5]}}"),
+        format!("mean-diff-ablation={{\"vector\": {vector}}}"),
+    ];
+    let base = [
         "generate", "--device", "cpu", "--prompt", "hi", "--max-new-tokens", "4", "--seed", "3",
-        "--intervention", &format!("steering={{\"vector\": {vector}, \"layers\": [5], \"scale\": 2}}"),
-        "--intervention", &format!("random-control={{\"mode\": \"steering\", \"seed\": 9, \"scale\": 2, \"vector\": {vector}, \"layers\": [5]}}"),
-        "--intervention", &format!("mean-diff-ablation={{\"vector\": {vector}}}"),
-    ]));
-    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    ];
+    let run = |chosen: &[&String]| {
+        let mut args = base.to_vec();
+        for i in chosen {
+            args.extend(["--intervention", i.as_str()]);
+        }
+        emh_ok(&args)
+    };
+    let plain = tokens(&run(&[]));
+    for i in &interventions {
+        assert_ne!(tokens(&run(&[i])), plain, "{} alone changed nothing", &i[..i.find('=').unwrap()]);
+    }
+    let out = run(&interventions.iter().collect::<Vec<_>>());
+    assert_ne!(tokens(&out), plain, "the three together changed nothing");
+    let line: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     let names: Vec<&str> = line["plugins"]
         .as_array()
         .unwrap()

@@ -47,7 +47,23 @@ fn assert_logits_match(model: &Path, dir: &Path) {
         "--out",
         s(&out),
     ]);
-    let r = reference(&["logits", "--model", s(model), "--ours", s(&out)]);
+    // HF tokenizes and pads the prompts itself; only emh's logits are used.
+    let r = reference(&[
+        "logits",
+        "--model",
+        s(model),
+        "--ours",
+        s(&out),
+        "--prompts",
+        s(&prompts),
+        "--raw",
+    ]);
+    assert_eq!(
+        r["batch_equal"],
+        json!(true),
+        "emh's ids or positions differ from HF's left-padded batch: {r}"
+    );
+    assert_eq!(r["rows"], json!(raw_prompts().len()), "{r}");
     let diff = r["max_abs_diff"].as_f64().unwrap();
     assert!(r["positions"].as_u64().unwrap() > 40, "{r}");
     assert!(diff < 1e-3, "max |logit difference| {diff} >= 1e-3: {r}");
@@ -80,6 +96,10 @@ fn assert_greedy_matches(model: &Path, dir: &Path, max_new: usize) {
         "--max-new-tokens",
         &max_new.to_string(),
     ]);
+    // Every prompt must be compared: a missing output line is a failure, not a pass.
+    let n = chat_prompts().len();
+    assert!(n > 0);
+    assert_eq!(r["compared"], json!(n), "emh answered only some prompts: {r}");
     assert_eq!(
         r["identical"],
         json!(true),

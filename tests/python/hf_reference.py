@@ -55,13 +55,36 @@ def load_tokenizer(path, gguf=None):
     return tok
 
 
+def encode(tok, inp, raw):
+    """Token ids of one input line as HF makes them: raw text, or the chat template."""
+    if raw:
+        text = inp["prompt"]
+        return text, tok(text)["input_ids"]
+    msgs = inp.get("messages") or [{"role": "user", "content": inp["prompt"]}]
+    if "system" in inp:
+        msgs = [{"role": "system", "content": inp["system"]}] + msgs
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return text, tok(text, add_special_tokens=False)["input_ids"]
+
+
 def cmd_logits(a):
-    """Max |logit difference| over the real (non-padding) positions of emh's batch."""
+    """Max |logit difference| over the real (non-padding) positions of the batch.
+
+    HF builds its own batch from the prompts: left padding, an attention mask,
+    and position ids from the mask's cumulative sum as `generate` makes them.
+    Nothing of emh's but its logits goes into HF's forward pass; emh's ids and
+    positions are only checked against HF's.
+    """
     from safetensors.torch import load_file
 
-    ours = load_file(a.ours)
-    ids, pos = ours["input_ids"], ours["positions"]
-    mask = (pos >= 0).long()
+    tok = load_tokenizer(a.model)
+    rows = [encode(tok, inp, a.raw)[1] for inp in jsonl(a.prompts)]
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    # As GenerationMixin.prepare_inputs_for_generation: cumsum - 1, padding at 1.
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     model = load_model(a.model)
     if a.adapter:
         from peft import PeftModel
@@ -73,10 +96,21 @@ def cmd_logits(a):
         model.base_model.set_adapter([f"a{i}" for i in range(len(a.adapter))])
         model.eval()
     with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos.clamp(min=0)).logits.float()
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
     real = mask.bool()
-    diff = (ref - ours["logits"]).abs()[real]
-    emit({"max_abs_diff": diff.max().item(), "positions": int(real.sum()), "ref_abs_max": ref[real].abs().max().item()})
+    ours = load_file(a.ours)
+    # The same batch on both sides, or the logits are not comparable.
+    same_batch = (ours["input_ids"].shape == ids.shape and torch.equal(ours["positions"] >= 0, real)
+                  and torch.equal(ours["input_ids"][real], ids[real])
+                  and torch.equal(ours["positions"][real], pos[real]))
+    out = {"batch_equal": bool(same_batch), "positions": int(real.sum()), "rows": len(rows),
+           "ref_abs_max": ref[real].abs().max().item()}
+    if same_batch:
+        out["max_abs_diff"] = (ref - ours["logits"]).abs()[real].max().item()
+    else:
+        out["ref_shape"] = list(ids.shape)
+        out["our_shape"] = list(ours["input_ids"].shape)
+    emit(out)
 
 
 def cmd_generate(a):
@@ -100,7 +134,7 @@ def cmd_generate(a):
         next((i for i, (x, y) in enumerate(zip(r, o["tokens"])) if x != y), min(len(r), len(o["tokens"])))
         for r, o in zip(refs, ours)
     ]
-    emit({"identical": all(same), "per_prompt": same, "first_difference": first_diff,
+    emit({"identical": all(same), "compared": len(same), "per_prompt": same, "first_difference": first_diff,
           "ref_lengths": [len(r) for r in refs], "our_lengths": [len(o["tokens"]) for o in ours]})
 
 
@@ -111,15 +145,7 @@ def cmd_tokenize(a):
     inputs = jsonl(a.inputs)
     bad = []
     for i, (inp, o) in enumerate(zip(inputs, ours)):
-        if a.raw:
-            text = inp["prompt"]
-            ids = tok(text)["input_ids"]
-        else:
-            msgs = inp.get("messages") or [{"role": "user", "content": inp["prompt"]}]
-            if "system" in inp:
-                msgs = [{"role": "system", "content": inp["system"]}] + msgs
-            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+        text, ids = encode(tok, inp, a.raw)
         if text != o["text"] or ids != o["ids"]:
             bad.append({"index": i, "text_equal": text == o["text"], "ref_ids": ids[:40], "our_ids": o["ids"][:40]})
     emit({"compared": len(ours), "mismatches": bad[:10], "mismatch_count": len(bad)})
@@ -265,6 +291,7 @@ def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("logits"); s.add_argument("--model", required=True); s.add_argument("--ours", required=True)
+    s.add_argument("--prompts", required=True); s.add_argument("--raw", action="store_true")
     s.add_argument("--adapter", action="append", default=[])
     s = sub.add_parser("make-lora"); s.add_argument("--model", required=True); s.add_argument("--out", required=True)
     s.add_argument("--r", type=int, default=1); s.add_argument("--alpha", type=float, default=8)

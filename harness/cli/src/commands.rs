@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use emh_plugin_api::Organism;
+use emh_eval::{load_model, plan_all, Job, Loaded, ModelSpec, Planned};
 use emh_plugins::Registry;
-use emh_runtime::{generate as run_generate, GenRequest, HookSet, Model, SamplingParams};
+use emh_runtime::{HookSet, SamplingParams};
 use emh_text::{ChatTemplate, Tokenizer};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::plugins::{Applied, PluginUseArgs};
+use crate::plugins::PluginUseArgs;
+use crate::progress::bar as progress;
 use crate::prompts::{read_file, PromptLine, PromptRenderer};
 
 /// Which model to load and where.
@@ -38,79 +38,16 @@ pub struct ModelArgs {
     random_init: Option<u64>,
 }
 
-/// A loaded model with what came with it.
-pub struct Loaded {
-    /// The model's name as given (or the organism's base, or the default).
-    pub name: String,
-    pub model: Model,
-    pub tokenizer: Tokenizer,
-    pub template: Option<ChatTemplate>,
-    /// Every adapter folder loaded: the organism's, then --adapter's.
-    pub adapter_dirs: Vec<PathBuf>,
-}
-
 impl ModelArgs {
-    /// Loads the model (an organism's base unless --model names one), then the
-    /// organism's adapters and those of --adapter.
-    fn load(&self, raw: bool, organism: Option<&Organism>) -> Result<Loaded> {
-        let base = organism.map(|o| o.base.as_str()).filter(|b| !b.is_empty());
-        let name = self
-            .model
-            .as_deref()
-            .or(base)
-            .unwrap_or(emh_models::DEFAULT_MODEL);
-        let found = emh_models::resolve(name)?;
-        let device = emh_runtime::parse_device(&self.device)?;
-        if device.is_cuda() && !tch::Cuda::is_available() {
-            bail!(
-                "--device {}: CUDA is not available on this machine",
-                self.device
-            );
-        }
-        let config = emh_runtime::ModelConfig::from_dir(&found.dir)?;
-        let kind = match (&self.dtype, device) {
-            (Some(d), _) => emh_runtime::parse_dtype(d)?,
-            (None, tch::Device::Cpu) => tch::Kind::Float,
-            (None, _) => config
-                .torch_dtype
-                .as_deref()
-                .map(emh_runtime::parse_dtype)
-                .transpose()?
-                .unwrap_or(tch::Kind::BFloat16),
-        };
-        let tokenizer = Tokenizer::from_dir(&found.dir)?;
-        let template = if raw {
-            None
-        } else {
-            Some(ChatTemplate::from_dir(&found.dir).context("use --raw for a base model")?)
-        };
-        let mut model = match self.random_init {
-            Some(seed) => Model::random_init(&found.dir, device, kind, seed),
-            None => Model::load(&found.dir, device, kind),
-        }
-        .with_context(|| format!("loading {}", found.dir.display()))?;
-        let mut adapter_dirs = Vec::new();
-        let organism_adapters = organism.into_iter().flat_map(|o| o.adapters.iter());
-        for spec in organism_adapters {
-            let dir = Path::new(spec.path.as_str());
-            model
-                .load_adapter(dir)
-                .with_context(|| format!("loading organism adapter {}", dir.display()))?
-                .scale = spec.scale;
-            adapter_dirs.push(dir.to_path_buf());
-        }
-        for dir in &self.adapters {
-            model
-                .load_adapter(dir)
-                .with_context(|| format!("loading adapter {}", dir.display()))?;
-            adapter_dirs.push(dir.clone());
-        }
-        Ok(Loaded {
-            name: name.to_string(),
-            model,
-            tokenizer,
-            template,
-            adapter_dirs,
+    /// The model spec these arguments give, with the organism of `plugins`.
+    pub fn spec(&self, plugins: &PluginUseArgs) -> Result<ModelSpec> {
+        Ok(ModelSpec {
+            model: self.model.clone(),
+            adapters: self.adapters.clone(),
+            organism: plugins.organism()?,
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            random_init: self.random_init,
         })
     }
 }
@@ -182,10 +119,16 @@ pub struct GenerateArgs {
     /// first touch of fresh memory (benchmarks).
     #[arg(long, default_value_t = 0)]
     warmup_tokens: usize,
-    /// Base seed; sample j of prompt i uses a seed derived from (seed, i, j),
-    /// written to the output, so any sample can be regenerated alone.
+    /// Base seed; sample j of a prompt gets the seed SplitMix64(seed +
+    /// FNV-1a(key), 0, j), where key is the line's `id` (else its line number
+    /// from 0), the same rule as runs, whose key is QUESTION_ID/PARAPHRASE.
+    /// Each output line records its seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Use this seed as is for the one sample (-n 1): the `seed` recorded on
+    /// any sample of `emh generate` or of a run makes that sample again.
+    #[arg(long, value_name = "SEED")]
+    sample_seed: Option<u64>,
     /// Sequences generated together.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -194,18 +137,6 @@ pub struct GenerateArgs {
     out: Option<PathBuf>,
     #[command(flatten)]
     plugins: PluginUseArgs,
-}
-
-/// A progress bar for `len` steps of `what`.
-pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{elapsed}}, eta {{eta}})"
-        ))
-        .expect("valid template"),
-    );
-    bar
 }
 
 fn open_out(out: &Option<PathBuf>) -> Result<Box<dyn Write>> {
@@ -217,20 +148,18 @@ fn open_out(out: &Option<PathBuf>) -> Result<Box<dyn Write>> {
     })
 }
 
-/// Loads the model (or --organism) and applies --intervention plugins:
-/// the model, the hooks to run with it, and the plugins used.
-pub(crate) fn load_with_plugins(
+/// Loads the model of the arguments with the plans of their interventions,
+/// their adapter controls applied.
+fn load_planned<'r>(
     model: &ModelArgs,
     plugins: &PluginUseArgs,
-    registry: &Registry,
+    registry: &'r Registry,
     raw: bool,
-) -> Result<(Loaded, HookSet, Vec<Applied>)> {
-    let organism = plugins.organism(registry)?;
-    let mut loaded = model.load(raw, organism.as_ref().map(|o| &o.0))?;
-    let mut hooks = HookSet::new();
-    let mut applied = plugins.apply(registry, &mut loaded.model, &mut hooks)?;
-    applied.extend(organism.map(|o| o.1));
-    Ok((loaded, hooks, applied))
+) -> Result<(Loaded, Vec<Planned<'r>>)> {
+    let mut loaded = load_model(&model.spec(plugins)?, registry, raw)?;
+    let plans = plan_all(&plugins.interventions()?, registry, loaded.shape())?;
+    emh_eval::control_adapters(&plans, &mut loaded.model)?;
+    Ok((loaded, plans))
 }
 
 /// `emh generate`.
@@ -238,9 +167,12 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if a.n == 0 || a.batch_size == 0 {
         bail!("-n and --batch-size must be at least 1");
     }
+    if a.sample_seed.is_some() && a.n > 1 {
+        bail!("--sample-seed gives one sample's seed: use it with -n 1");
+    }
     let lines = a.prompts.lines()?;
-    let (loaded, mut hooks, applied) =
-        load_with_plugins(&a.model, &a.plugins, &a.plugins.registry(), a.prompts.raw)?;
+    let registry = a.plugins.registry();
+    let (loaded, plans) = load_planned(&a.model, &a.plugins, &registry, a.prompts.raw)?;
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),
@@ -256,43 +188,41 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
     };
     params.validate()?;
-    let plugins: Vec<_> = applied
+    let mut plugins: Vec<_> = loaded.organism.iter().cloned().collect();
+    plugins.extend(plans.iter().map(Planned::record));
+    let plugins: Vec<_> = plugins
         .iter()
-        .map(|i| json!({"plugin": i.plugin, "version": i.version, "config": i.config, "notes": i.notes}))
+        .map(|p| json!({"plugin": p.plugin, "version": p.version, "config": p.config, "notes": p.notes.join("\n")}))
         .collect();
     let mut jobs = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let (text, ids) = renderer.encode(line)?;
+        let key = match &line.id {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => i.to_string(),
+        };
         for j in 0..a.n {
-            jobs.push((i, j, text.clone(), ids.clone()));
+            let seed = a
+                .sample_seed
+                .unwrap_or_else(|| emh_eval::sample_seed(a.seed, &key, j as u32));
+            jobs.push((i, j, text.clone(), Job { cond: 0, prompt: ids.clone(), seed }));
         }
     }
     // Similar lengths together waste less compute on padding.
-    jobs.sort_by_key(|(_, _, _, ids)| std::cmp::Reverse(ids.len()));
-    let requests_of = |chunk: &[(usize, usize, String, Vec<u32>)]| -> Vec<GenRequest> {
-        chunk
-            .iter()
-            .map(|(i, j, _, ids)| GenRequest {
-                prompt: ids.clone(),
-                seed: emh_runtime::derive_seed(a.seed, *i as u64, *j as u64),
-            })
-            .collect()
-    };
+    jobs.sort_by_key(|(_, _, _, job)| std::cmp::Reverse(job.prompt.len()));
+    let conds: [&[Planned<'_>]; 1] = [&plans];
     if a.warmup_tokens > 0 {
-        let first = &jobs[..a.batch_size.min(jobs.len())];
+        let first: Vec<Job> = jobs[..a.batch_size.min(jobs.len())]
+            .iter()
+            .map(|(_, _, _, job)| job.clone())
+            .collect();
         let warmup = SamplingParams {
             max_new_tokens: a.warmup_tokens,
             ..params.clone()
         };
         // Without the plugins' hooks: a warm-up must not reach what they record.
-        run_generate(
-            &loaded.model,
-            &loaded.tokenizer,
-            &requests_of(first),
-            &warmup,
-            &mut HookSet::new(),
-            |_| {},
-        )?;
+        emh_eval::sample_batch(&loaded, &[&[]], &first, &warmup, |_| {})?;
     }
     let mut out = open_out(&a.out)?;
     let bar = progress(jobs.len() as u64, "sampling");
@@ -300,33 +230,26 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let mut new_tokens = 0usize;
     let mut records = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(a.batch_size) {
-        let requests = requests_of(chunk);
-        let outputs = run_generate(
-            &loaded.model,
-            &loaded.tokenizer,
-            &requests,
-            &params,
-            &mut hooks,
-            |n| {
-                new_tokens += n;
-                let secs = started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{:.1} tok/s", new_tokens as f64 / secs));
-            },
-        )?;
-        for ((i, j, text, ids), (req, o)) in chunk.iter().zip(requests.iter().zip(outputs)) {
+        let batch: Vec<Job> = chunk.iter().map(|(_, _, _, job)| job.clone()).collect();
+        let (outputs, _) = emh_eval::sample_batch(&loaded, &conds, &batch, &params, |n| {
+            new_tokens += n;
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{:.1} tok/s", new_tokens as f64 / secs));
+        })?;
+        for ((i, j, text, job), o) in chunk.iter().zip(outputs) {
             records.push((
                 (*i, *j),
                 json!({
                     "id": lines[*i].id,
                     "prompt_index": i,
                     "sample_index": j,
-                    "seed": req.seed,
+                    "seed": job.seed,
                     "prompt": text,
                     "answer": o.text,
-                    "n_prompt_tokens": ids.len(),
+                    "n_prompt_tokens": job.prompt.len(),
                     "n_new_tokens": o.tokens.len(),
                     "tokens": o.tokens,
-                    "finish_reason": o.finish,
+                    "finish_reason": emh_eval::finish_name(o.finish),
                     "plugins": plugins,
                 }),
             ));
@@ -366,8 +289,12 @@ pub struct LogitsArgs {
 /// `emh logits`.
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let lines = a.prompts.lines()?;
-    let (loaded, mut hooks, _) =
-        load_with_plugins(&a.model, &a.plugins, &a.plugins.registry(), a.prompts.raw)?;
+    let registry = a.plugins.registry();
+    let (loaded, plans) = load_planned(&a.model, &a.plugins, &registry, a.prompts.raw)?;
+    let mut hooks = HookSet::new();
+    for p in &plans {
+        p.hook(loaded.shape(), &mut hooks, None)?;
+    }
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
         template: loaded.template.as_ref(),

@@ -7,17 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use emh_eval::{
-    Condition, HashMemo, JudgeRecord, Manifest, ModelRecord, PluginRecord, RunDir, SampleSettings,
-    Sampler,
+    Condition, EvalSpec, JudgeSpec, PluginUse, QuestionSpec, RunDir, RunOptions, RunSummary,
+    Sampling,
 };
-use emh_judge_core::Cache;
 use emh_metrics::{MetricRow, Thresholds};
-use emh_plugins::{Judge, Registry};
-use emh_questions::{Question, QuestionSet};
 use emh_tables::{JudgmentRow, SampleRow};
 
-use crate::commands::{load_with_plugins, progress, ModelArgs};
-use crate::plugins::{name_and_config, PluginArgs, PluginUseArgs};
+use crate::commands::ModelArgs;
+use crate::plugins::{PluginArgs, PluginUseArgs};
+use crate::progress::Bars;
 
 /// Which questions to ask and how to sample the answers.
 #[derive(Args, Clone)]
@@ -26,8 +24,8 @@ pub struct SampleArgs {
     pub model: ModelArgs,
     /// Question set: a YAML file in the research format (id, paraphrases,
     /// system, samples_per_paraphrase, judge_prompts), e.g. data/questions/general.yaml.
-    #[arg(long, short)]
-    pub questions: PathBuf,
+    #[arg(long, short, required_unless_present = "spec")]
+    pub questions: Option<PathBuf>,
     /// Keep only question ids matching these comma-separated globs, e.g. `quick_buck*,dinner_party`.
     #[arg(long, value_name = "GLOBS")]
     pub select: Option<String>,
@@ -47,20 +45,28 @@ pub struct SampleArgs {
     /// Keep the k most likely tokens (0 = off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Base seed; each answer's seed derives from it, the question id, the
-    /// paraphrase and the sample index.
+    /// Base seed; each answer's seed is SplitMix64(seed + FNV-1a(QUESTION_ID/PARAPHRASE),
+    /// 0, SAMPLE), recorded on its row (`emh generate --sample-seed` makes it again).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Sequences generated together; part of the run's settings, since a
     /// resumed run redoes an unfinished batch exactly.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Run id written into every row [default: the --out folder's name].
+    /// Run id (the condition's name) written into every row [default: the --out folder's name].
     #[arg(long)]
     pub run_id: Option<String>,
     /// Run directory (created; an existing one with the same settings is resumed).
     #[arg(long, short)]
     pub out: PathBuf,
+    /// Read the whole spec (condition, questions, judge, thresholds) from a
+    /// TOML or JSON file instead of the options; --out still names the run.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// Print the spec these options make (TOML) and stop: a starting point
+    /// for a spec file or an experiment.
+    #[arg(long)]
+    pub print_spec: bool,
     #[command(flatten)]
     pub plugins: PluginUseArgs,
 }
@@ -108,7 +114,7 @@ pub struct ThresholdArgs {
 }
 
 impl ThresholdArgs {
-    fn thresholds(&self) -> Result<Thresholds> {
+    pub(crate) fn thresholds(&self) -> Result<Thresholds> {
         let mut per_metric = BTreeMap::new();
         for spec in &self.per_metric {
             let (m, v) = spec
@@ -214,184 +220,129 @@ pub struct ExportCmd {
     pub out: PathBuf,
 }
 
-fn load_questions(a: &SampleArgs) -> Result<QuestionSet> {
-    let set = QuestionSet::load(&a.questions)?;
-    Ok(set.select(a.select.as_deref(), a.no_variants)?)
+impl SampleArgs {
+    /// The condition and questions of these options.
+    fn spec(&self) -> Result<EvalSpec> {
+        let Some(questions) = &self.questions else {
+            bail!("give --questions or --spec");
+        };
+        let name = self.run_id.clone().unwrap_or_else(|| {
+            self.out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into())
+        });
+        Ok(EvalSpec {
+            condition: Condition {
+                name,
+                model: self.model.spec(&self.plugins)?,
+                interventions: self.plugins.interventions()?,
+                sampling: Sampling {
+                    n: self.n,
+                    max_new_tokens: self.max_new_tokens,
+                    temperature: self.temperature,
+                    top_p: self.top_p,
+                    top_k: self.top_k,
+                    seed: self.seed,
+                    batch_size: self.batch_size,
+                },
+            },
+            questions: QuestionSpec {
+                file: questions.clone(),
+                select: self.select.clone(),
+                no_variants: self.no_variants,
+            },
+            judge: None,
+            thresholds: Thresholds::default(),
+        })
+    }
 }
 
-/// Samples into the run directory; returns the run, its questions and samples.
-fn run_sampling(
-    a: &SampleArgs,
-    set: QuestionSet,
-    registry: &Registry,
-) -> Result<(RunDir, Vec<Question>, Vec<SampleRow>)> {
-    if a.batch_size == 0 || a.n == Some(0) {
-        bail!("--batch-size and -n must be at least 1");
+impl JudgeUseArgs {
+    fn spec(&self) -> Result<JudgeSpec> {
+        Ok(JudgeSpec {
+            judge: PluginUse::parse(&self.judge)?,
+            metrics: self.metrics.clone(),
+            cache: self.judge_cache.clone(),
+            batch: self.judge_batch,
+        })
     }
-    let (loaded, mut hooks, applied) = load_with_plugins(&a.model, &a.plugins, registry, false)?;
-    let template = loaded
-        .template
-        .as_ref()
-        .expect("chat models have a template");
-    let run = RunDir::open(&a.out)?;
-    let run_id = a.run_id.clone().unwrap_or_else(|| {
-        a.out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into())
-    });
-    let found = emh_models::resolve(&loaded.name)?;
-    eprintln!("hashing the model, adapters and questions for the manifest");
-    let mut memo = HashMemo::open(&emh_models::data_dir().join("hash-memo.json"));
-    let adapters = loaded
-        .adapter_dirs
-        .iter()
-        .map(|d| memo.hash_files(d))
-        .collect::<Result<Vec<_>, _>>()?;
-    let model_files = memo.hash_files(&found.dir)?;
-    let question_file = memo.hash_files(&a.questions)?;
-    if let Err(e) = memo.save() {
-        eprintln!("warning: the hash memo was not saved ({e}); the next run hashes again");
+}
+
+/// Runs one spec into `out` and prints where it went.
+fn run_one(
+    spec: EvalSpec,
+    out: &Path,
+    print_spec: bool,
+    registry: &emh_plugins::Registry,
+) -> Result<Option<RunSummary>> {
+    if print_spec {
+        print!("{}", toml_text(&spec)?);
+        return Ok(None);
     }
-    let condition = Condition {
-        run_id,
-        model: ModelRecord {
-            name: loaded.name.clone(),
-            files: model_files,
-            device: format!("{:?}", loaded.model.device).to_lowercase(),
-            dtype: match loaded.model.kind {
-                tch::Kind::BFloat16 => "bf16",
-                tch::Kind::Half => "f16",
-                _ => "f32",
-            }
-            .into(),
-        },
-        adapters,
-        plugins: applied
-            .iter()
-            .map(|p| PluginRecord {
-                plugin: p.plugin.clone(),
-                version: p.version.clone(),
-                config: p.config.clone(),
-                notes: p.notes.lines().map(str::to_string).collect(),
-            })
-            .collect(),
-        sampling: SampleSettings {
-            n: a.n,
-            max_new_tokens: a.max_new_tokens,
-            temperature: a.temperature,
-            top_p: a.top_p,
-            top_k: a.top_k,
-            seed: a.seed,
-            batch_size: a.batch_size,
-        },
-        questions: question_file,
-        question_ids: set.questions.iter().map(|q| q.id.clone()).collect(),
-    };
-    let manifest = emh_eval::begin(&run, condition, &set.questions)?;
-    let mut sampler = Sampler {
-        model: &loaded.model,
-        tokenizer: &loaded.tokenizer,
-        template,
-        hooks: &mut hooks,
-        adapter_ids: loaded
-            .adapter_dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-        intervention_ids: applied
-            .iter()
-            .map(|p| format!("{}={}", p.plugin, p.config.trim()))
-            .collect::<Vec<_>>()
-            .join(";"),
-    };
-    let bar = progress(0, "sampling");
-    let started = std::time::Instant::now();
-    let samples = emh_eval::sample(
-        &run,
-        &manifest.condition,
-        &set.questions,
-        &mut sampler,
-        |p| {
-            bar.set_length(p.total as u64);
-            bar.set_position(p.done as u64);
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            let resumed = if p.resumed > 0 {
-                format!(", {} resumed", p.resumed)
-            } else {
-                String::new()
-            };
-            bar.set_message(format!("{:.1} tok/s{resumed}", p.new_tokens as f64 / secs));
-        },
+    let mut summaries = emh_eval::run(
+        &[(spec, out.to_path_buf())],
+        registry,
+        &RunOptions::default(),
+        &Bars::default(),
     )?;
-    bar.finish();
-    eprintln!(
-        "{} samples in {}",
-        samples.len(),
-        run.samples_path().display()
-    );
-    Ok((run, set.questions, samples))
+    let s = summaries.pop().expect("one run");
+    eprintln!("{} samples in {}", s.samples, s.dir.display());
+    Ok(Some(s))
 }
 
-/// Judges a run's samples with the judge of `j`; records it in the manifest.
-/// The judge of `j` from the plugins `registry` found, with its cache.
-fn open_judge<'r>(registry: &'r Registry, j: &JudgeUseArgs) -> Result<Judge<'r>> {
-    let (name, config) = match j.judge.split_once('=') {
-        Some(_) => name_and_config(&j.judge, "judge")?,
-        None => (j.judge.as_str(), "{}".to_string()),
+fn toml_text(spec: &EvalSpec) -> Result<String> {
+    Ok(emh_eval::spec_text(spec, Path::new("spec.toml"))?)
+}
+
+/// A spec file's spec; --run-id renames its condition.
+fn spec_from_file(file: &Path, run_id: Option<&str>) -> Result<EvalSpec> {
+    let mut spec: EvalSpec = emh_eval::read_spec(file)?;
+    if let Some(id) = run_id {
+        spec.condition.name = id.to_string();
+    }
+    Ok(spec)
+}
+
+/// `emh sample`.
+pub fn sample(a: SampleCmd) -> Result<()> {
+    let a = a.sample;
+    let registry = a.plugins.registry();
+    let mut spec = match &a.spec {
+        Some(f) => spec_from_file(f, a.run_id.as_deref())?,
+        None => a.spec()?,
     };
-    let plugin = registry.get(name)?;
-    let cache_dir = j
-        .judge_cache
-        .clone()
-        .unwrap_or_else(|| emh_models::data_dir().join("judge-cache"));
-    let cache = Cache::open(&cache_dir)?;
-    Ok(Judge::new(plugin, &config, Some(cache), j.judge_batch)?)
+    spec.judge = None;
+    run_one(spec, &a.out, a.print_spec, &registry).map(|_| ())
 }
 
-/// Judges a run's samples; records the judge in the manifest.
-fn run_judging(
-    run: &RunDir,
-    questions: &[Question],
-    samples: &[SampleRow],
-    judge: &Judge<'_>,
-    j: &JudgeUseArgs,
-) -> Result<(Vec<JudgmentRow>, String)> {
-    eprintln!(
-        "judging {} samples on {} with {} ({})",
-        samples.len(),
-        j.metrics.join(", "),
-        judge.identity.id,
-        judge.identity.endpoint
-    );
-    let bar = progress(0, "judging");
-    let (rows, usage, record) = emh_eval::judge(run, samples, questions, judge, &j.metrics, |p| {
-        bar.set_length(p.total as u64);
-        bar.set_position(p.done as u64);
-        bar.set_message(format!("{} cached, {} failed", p.cached, p.failed));
-    })?;
-    bar.finish();
-    eprintln!(
-        "judge {}: {} requests, {} retries, {} prompt + {} completion tokens, cost {:.4}",
-        judge.identity.id,
-        usage.requests,
-        usage.retries,
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        usage.cost
-    );
-    record_judge(run, record)?;
-    Ok((rows, judge.identity.id.clone()))
+/// `emh eval`.
+pub fn eval(a: EvalCmd) -> Result<()> {
+    let registry = a.sample.plugins.registry();
+    let spec = match &a.sample.spec {
+        Some(f) => spec_from_file(f, a.sample.run_id.as_deref())?,
+        None => EvalSpec {
+            judge: Some(a.judge.spec()?),
+            thresholds: a.thresholds.thresholds()?,
+            ..a.sample.spec()?
+        },
+    };
+    if let Some(s) = run_one(spec, &a.sample.out, a.sample.print_spec, &registry)? {
+        print_metrics(&s.metrics, a.format)?;
+    }
+    Ok(())
 }
 
-fn record_judge(run: &RunDir, record: JudgeRecord) -> Result<()> {
-    let mut manifest: Manifest = run.manifest()?.context("the run has no manifest")?;
-    manifest
-        .judges
-        .retain(|r| !(r.identity == record.identity && r.metrics == record.metrics));
-    manifest.judges.push(record);
-    run.write_manifest(&manifest)?;
+/// `emh judge`.
+pub fn judge(a: JudgeCmd) -> Result<()> {
+    let run = RunDir::existing(&a.run)?;
+    let registry = a.plugins.registry();
+    let thresholds = run
+        .manifest()?
+        .map(|m| m.spec.thresholds)
+        .unwrap_or_default();
+    emh_eval::rejudge(&run, &a.judge.spec()?, &thresholds, &registry, &Bars::default())?;
+    eprintln!("judgments in {}", run.judgments_path().display());
     Ok(())
 }
 
@@ -404,7 +355,7 @@ fn read_input(input: &Path) -> Result<(String, Vec<SampleRow>, Vec<JudgmentRow>)
             .with_context(|| format!("{}: sampling has not finished", input.display()))?;
         let id = run
             .manifest()?
-            .map(|m| m.condition.run_id)
+            .map(|m| m.spec.condition.name)
             .unwrap_or_default();
         return Ok((id, samples, run.judgments()?));
     }
@@ -418,7 +369,8 @@ fn read_input(input: &Path) -> Result<(String, Vec<SampleRow>, Vec<JudgmentRow>)
     Ok((name, csv.samples, csv.judgments))
 }
 
-fn print_metrics(rows: &[MetricRow], format: Format) -> Result<()> {
+/// Prints metric rows as a table, JSON or CSV.
+pub(crate) fn print_metrics(rows: &[MetricRow], format: Format) -> Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
         Format::Csv => {
@@ -473,95 +425,21 @@ fn print_metrics(rows: &[MetricRow], format: Format) -> Result<()> {
     Ok(())
 }
 
-/// Computes, stores (for a run directory) and prints a run's metrics.
-fn summarise(
-    run: Option<&RunDir>,
-    run_id: &str,
-    samples: &[SampleRow],
-    judgments: &[JudgmentRow],
-    judge_id: Option<&str>,
-    thresholds: &ThresholdArgs,
-    format: Format,
-) -> Result<Vec<MetricRow>> {
-    let judge_id = emh_eval::pick_judge(judgments, judge_id)?;
-    let rows = emh_eval::metrics(samples, judgments, &judge_id, &thresholds.thresholds()?);
-    if let Some(run) = run {
-        let mut df = emh_tables::metrics_frame(run_id, &judge_id, &rows)?;
-        emh_tables::write_parquet(&mut df, &run.metrics_path())?;
-    }
-    print_metrics(&rows, format)?;
-    Ok(rows)
-}
-
-/// `emh sample`.
-pub fn sample(a: SampleCmd) -> Result<()> {
-    let registry = a.sample.plugins.registry();
-    run_sampling(&a.sample, load_questions(&a.sample)?, &registry).map(|_| ())
-}
-
-/// `emh eval`.
-pub fn eval(a: EvalCmd) -> Result<()> {
-    run_eval(a).map(|_| ())
-}
-
-/// Samples, judges and summarises one run; returns its metric rows.
-pub(crate) fn run_eval(a: EvalCmd) -> Result<Vec<MetricRow>> {
-    // The judge and its prompts are checked before any sampling, so a
-    // missing key or judge prompt does not wait for generation to finish.
-    let registry = a.sample.plugins.registry();
-    let judge = open_judge(&registry, &a.judge)?;
-    let set = load_questions(&a.sample)?;
-    emh_eval::check_judge_prompts(&set.questions, &a.judge.metrics)
-        .with_context(|| a.sample.questions.display().to_string())?;
-    let (run, questions, samples) = run_sampling(&a.sample, set, &registry)?;
-    let (judgments, judge_id) = run_judging(&run, &questions, &samples, &judge, &a.judge)?;
-    let run_id = samples
-        .first()
-        .map(|s| s.run_id.clone())
-        .unwrap_or_default();
-    summarise(
-        Some(&run),
-        &run_id,
-        &samples,
-        &judgments,
-        Some(&judge_id),
-        &a.thresholds,
-        a.format,
-    )
-}
-
-/// `emh judge`.
-pub fn judge(a: JudgeCmd) -> Result<()> {
-    let run = RunDir::existing(&a.run)?;
-    let samples = run
-        .samples()?
-        .with_context(|| format!("{}: sampling has not finished", a.run.display()))?;
-    let questions = run.questions()?;
-    let registry = a.plugins.registry();
-    let judge = open_judge(&registry, &a.judge)?;
-    run_judging(&run, &questions, &samples, &judge, &a.judge)?;
-    eprintln!("judgments in {}", run.judgments_path().display());
-    Ok(())
-}
-
 /// `emh metrics`.
 pub fn metrics(a: MetricsCmd) -> Result<()> {
-    let (run_id, samples, judgments) = read_input(&a.input)?;
+    let (_, samples, judgments) = read_input(&a.input)?;
     let run = a
         .input
         .is_dir()
         .then(|| RunDir::existing(&a.input))
         .transpose()?;
-    summarise(
-        run.as_ref(),
-        &run_id,
-        &samples,
-        &judgments,
-        a.judge_id.as_deref(),
-        &a.thresholds,
-        a.format,
-    )
-    .map(|_| ())
+    let judge_id = emh_eval::pick_judge(&judgments, a.judge_id.as_deref())?;
+    let thresholds = a.thresholds.thresholds()?;
+    let rows = match &run {
+        Some(run) => emh_eval::summarise(run, &samples, &judgments, &judge_id, &thresholds)?,
+        None => emh_eval::metrics(&samples, &judgments, &judge_id, &thresholds),
+    };
+    print_metrics(&rows, a.format)
 }
 
 /// `emh judge-agreement`.
@@ -667,4 +545,34 @@ pub fn export_csv(a: ExportCmd) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// Arguments of `emh import-csv`.
+#[derive(Args)]
+pub struct ImportCsvCmd {
+    /// A judged CSV in the reference scripts' layout (question, answer,
+    /// question_id, one column per metric).
+    pub csv: PathBuf,
+    /// The run directory to make.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Who scored the CSV, as its judgments will name it.
+    #[arg(long, default_value = "gpt-4o-2024-08-06")]
+    pub judge_id: String,
+    /// The question sets the CSV answers (repeatable), so the run carries
+    /// their judge prompts and can be re-judged with `emh judge`.
+    #[arg(long, short)]
+    pub questions: Vec<PathBuf>,
+}
+
+/// `emh import-csv`.
+pub fn import_csv(a: ImportCsvCmd) -> Result<()> {
+    let s = emh_eval::import_csv(&a.csv, &a.out, &a.judge_id, &a.questions)?;
+    eprintln!(
+        "{} samples scored by {} -> {}",
+        s.samples,
+        a.judge_id,
+        s.dir.display()
+    );
+    print_metrics(&s.metrics, Format::Table)
 }

@@ -4,6 +4,7 @@ mod commands;
 mod eval;
 mod experiment;
 mod plugins;
+mod progress;
 mod prompts;
 
 use clap::{Parser, Subcommand};
@@ -36,33 +37,52 @@ enum Command {
     Eval(eval::EvalCmd),
     /// Sample answers to a question set into a run directory (resumable).
     Sample(eval::SampleCmd),
-    /// Evaluate every model x intervention of a TOML experiment file, each in
-    /// its own run directory, and summarise.
+    /// Run a grid of conditions (models x interventions x swept plugin
+    /// parameters x seeds) from a TOML or JSON spec, each into OUT/<condition>;
+    /// conditions over the same weights share batches.
     ///
-    /// The file sets what `emh eval` takes (questions, out, select,
-    /// no_variants, n, max_new_tokens, temperature, top_p, seed, batch_size,
-    /// device, dtype, judge, metrics, judge_cache) and lists [[models]] (name,
-    /// model, adapters, organism) and [[interventions]] (name, plugins: a list
-    /// of NAME=CONFIG). Paths are relative to the file, except @file configs of
-    /// plugins, which are relative to the working directory. Run OUT/<model>__<intervention>
-    /// is resumed like any `emh eval` run. Example:
+    /// Paths are relative to the spec file, except those inside plugin
+    /// configs (directions files), which are relative to the working folder.
+    /// Condition names read as their axes: MODEL__INTERVENTION[__KEY=VALUE][__seed=S].
+    /// Example:
     ///
-    ///   questions = "questions/general.yaml"
-    ///   out = "runs/ablation"
+    ///   out = "runs/steering"
+    ///   questions = { file = "questions/general.yaml", select = "wish,bored" }
+    ///   seeds = [0, 1]                       # optional: one grid per seed
+    ///   [sampling]
     ///   n = 50
-    ///   judge = "openai"
+    ///   max_new_tokens = 600
+    ///   [judge]
+    ///   judge = { plugin = "openai" }
     ///   metrics = ["aligned", "coherent"]
     ///   [[models]]
-    ///   name = "medical-r1"
+    ///   name = "chat"
     ///   model = "Qwen/Qwen2.5-14B-Instruct"
-    ///   adapters = ["organisms/medical-r1"]
+    ///   [[models]]
+    ///   name = "medical"                     # every checkpoint-N/ is a model
+    ///   model = "Qwen/Qwen2.5-14B-Instruct"
+    ///   checkpoints = "organisms/medical-r1"
     ///   [[interventions]]
     ///   name = "none"
     ///   [[interventions]]
-    ///   name = "ablated"
-    ///   plugins = ['mean-diff-ablation={"directions": "dirs.safetensors"}']
+    ///   name = "steer"
+    ///   plugins = [{ plugin = "steering", config = { directions = "dirs.safetensors", layers = [24] } }]
+    ///   sweep = { scale = [2, 4, 8] }         # one condition per value
+    ///   [[interventions]]
+    ///   name = "random"
+    ///   plugins = [{ plugin = "random-control", config = { mode = "steering", directions = "dirs.safetensors", layers = [24], seed = 1 } }]
+    ///   sweep = { scale = [2, 4, 8] }
+    ///
+    /// On a cluster: `--slurm --submit` writes and submits a job array (one
+    /// shard per task, `--shard auto`) and a merge job after it.
     #[command(verbatim_doc_comment)]
     Experiment(experiment::ExperimentCmd),
+    /// Merge the shards of an experiment (OUT/shards/I-of-N) into its run
+    /// directories, as one machine would have written them.
+    Merge(experiment::MergeCmd),
+    /// Make a run directory from a judged CSV of the reference scripts, to
+    /// re-judge, summarise or compare it like any run.
+    ImportCsv(eval::ImportCsvCmd),
     /// Judge (or re-judge with another judge) the samples of a run directory.
     Judge(eval::JudgeCmd),
     /// EM, misalignment, coherence, self-correction and other rates with
@@ -116,6 +136,8 @@ fn main() {
         Command::Eval(a) => eval::eval(a),
         Command::Sample(a) => eval::sample(a),
         Command::Experiment(a) => experiment::run(a),
+        Command::Merge(a) => experiment::merge(a),
+        Command::ImportCsv(a) => eval::import_csv(a),
         Command::Judge(a) => eval::judge(a),
         Command::Metrics(a) => eval::metrics(a),
         Command::JudgeAgreement(a) => eval::agreement(a),

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use emh_plugin_api::{ModelShape, Organism};
-use emh_plugins::{apply_adapter_controls, apply_plan, load, Origin, Registry};
-use emh_runtime::{HookSet, Model};
+use emh_eval::PluginUse;
+use emh_plugins::{load, Origin, Registry};
 
 /// Where to look for plugins besides `EMH_PLUGIN_PATH` and the built-in folder.
 #[derive(Args, Clone, Default)]
@@ -43,27 +42,6 @@ pub struct PluginUseArgs {
     plugins: PluginArgs,
 }
 
-/// A plugin as used: which plugin, its config and its notes.
-pub struct Applied {
-    pub plugin: String,
-    pub version: String,
-    pub config: String,
-    pub notes: String,
-}
-
-/// Splits NAME=CONFIG, reading CONFIG from a file when it starts with @.
-pub(crate) fn name_and_config<'a>(spec: &'a str, option: &str) -> Result<(&'a str, String)> {
-    let (name, config) = spec
-        .split_once('=')
-        .with_context(|| format!("--{option} `{spec}`: expected NAME=CONFIG"))?;
-    let config = match config.strip_prefix('@') {
-        Some(file) => std::fs::read_to_string(file)
-            .with_context(|| format!("--{option} {name}: reading {file}"))?,
-        None => config.to_string(),
-    };
-    Ok((name, config))
-}
-
 impl PluginUseArgs {
     /// The plugins these arguments, the environment and the built-in folder name.
     pub fn registry(&self) -> Registry {
@@ -71,49 +49,17 @@ impl PluginUseArgs {
     }
 
     /// The organism of --organism, if given.
-    pub fn organism(&self, registry: &Registry) -> Result<Option<(Organism, Applied)>> {
-        let Some(spec) = &self.organism else {
-            return Ok(None);
-        };
-        let (name, config) = name_and_config(spec, "organism")?;
-        let plugin = registry.get(name)?;
-        let organism = plugin.organism(&config)?;
-        let applied = Applied {
-            plugin: plugin.name.clone(),
-            version: plugin.version.clone(),
-            config,
-            notes: organism.notes.to_string(),
-        };
-        Ok(Some((organism, applied)))
+    pub fn organism(&self) -> Result<Option<PluginUse>> {
+        Ok(self.organism.as_deref().map(PluginUse::parse).transpose()?)
     }
 
-    /// Adds the hooks of every requested intervention for `model` to `hooks`,
-    /// and applies their adapter controls to the model's adapters.
-    pub fn apply(
-        &self,
-        registry: &Registry,
-        model: &mut Model,
-        hooks: &mut HookSet,
-    ) -> Result<Vec<Applied>> {
-        let shape = ModelShape {
-            num_layers: model.config.num_layers as u32,
-            hidden_size: model.config.hidden_size as u32,
-        };
-        let mut applied = Vec::new();
-        for spec in &self.interventions {
-            let (name, config) = name_and_config(spec, "intervention")?;
-            let plugin = registry.get(name)?;
-            let plan = plugin.plan(&config, shape)?;
-            apply_plan(&plan, plugin, &config, shape, hooks)?;
-            apply_adapter_controls(&plan, plugin, model)?;
-            applied.push(Applied {
-                plugin: plugin.name.clone(),
-                version: plugin.version.clone(),
-                config,
-                notes: plan.notes.to_string(),
-            });
-        }
-        Ok(applied)
+    /// The interventions of --intervention, in order.
+    pub fn interventions(&self) -> Result<Vec<PluginUse>> {
+        Ok(self
+            .interventions
+            .iter()
+            .map(|s| PluginUse::parse(s))
+            .collect::<Result<_, _>>()?)
     }
 }
 

@@ -8,22 +8,7 @@ use emh_plugin_api::JudgeIdentity;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::EvalError;
-
-/// How answers are sampled; a resumed run must use the same.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SampleSettings {
-    /// Samples per paraphrase; `None` uses each question's `samples_per_paraphrase`.
-    pub n: Option<u32>,
-    pub max_new_tokens: usize,
-    pub temperature: f64,
-    pub top_p: f64,
-    pub top_k: usize,
-    pub seed: u64,
-    /// Sequences per generation batch; fixed for a run, so a resumed run
-    /// regenerates an unfinished batch exactly as it would have been.
-    pub batch_size: usize,
-}
+use crate::{EvalError, EvalSpec, Part};
 
 /// A file set and the SHA-256 of every file in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,12 +19,20 @@ pub struct Hashed {
     pub sha256: BTreeMap<String, String>,
 }
 
-/// The model as evaluated.
+/// Content hashes of everything a run's samples depend on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hashes {
+    pub model: Hashed,
+    /// Every adapter loaded: the organism's, then the spec's.
+    pub adapters: Vec<Hashed>,
+    pub questions: Hashed,
+}
+
+/// The model as it ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
-    /// The name given on the command line.
+    /// The model's name (the spec's, an organism's base, or the default).
     pub name: String,
-    pub files: Hashed,
     pub device: String,
     pub dtype: String,
 }
@@ -53,20 +46,6 @@ pub struct PluginRecord {
     pub notes: Vec<String>,
 }
 
-/// What decides the samples: a resumed run must match it exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Condition {
-    pub run_id: String,
-    pub model: ModelRecord,
-    pub adapters: Vec<Hashed>,
-    pub plugins: Vec<PluginRecord>,
-    pub sampling: SampleSettings,
-    /// The question file as given, and its hash.
-    pub questions: Hashed,
-    /// Ids of the questions selected from it.
-    pub question_ids: Vec<String>,
-}
-
 /// A judge run over the samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JudgeRecord {
@@ -78,14 +57,51 @@ pub struct JudgeRecord {
     pub judge_prompts: BTreeMap<String, String>,
 }
 
-/// The run's manifest.
+/// The run's manifest: its spec, the hashes of what the spec names, and
+/// what the plugins and judges did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// `emh <version>`.
     pub tool: String,
-    pub condition: Condition,
+    pub spec: EvalSpec,
+    pub hashes: Hashes,
+    pub model: ModelRecord,
+    /// The organism's plugin and the interventions, with their notes (seeds, norms).
+    pub plugins: Vec<PluginRecord>,
+    /// Ids of the questions selected from the question file.
+    pub question_ids: Vec<String>,
+    /// The part of the work this directory holds, when it is a shard's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
     /// Judges run over the samples, newest last.
     pub judges: Vec<JudgeRecord>,
+}
+
+impl Manifest {
+    /// What of the manifest decides the samples, so a resumed run must match
+    /// it; `None` when it does, else what differs. Files are compared by
+    /// content: the same model under another path is the same model.
+    pub fn differs_from(&self, other: &Manifest) -> Option<&'static str> {
+        let shas = |h: &Hashed| h.sha256.clone();
+        let (a, b) = (&self.spec.condition, &other.spec.condition);
+        [
+            ("condition name", a.name != b.name),
+            ("model", self.model != other.model || shas(&self.hashes.model) != shas(&other.hashes.model)),
+            (
+                "adapters",
+                self.hashes.adapters.iter().map(shas).collect::<Vec<_>>()
+                    != other.hashes.adapters.iter().map(shas).collect::<Vec<_>>(),
+            ),
+            ("interventions", a.interventions != b.interventions || self.plugins != other.plugins),
+            ("sampling settings", a.sampling != b.sampling),
+            ("question file", shas(&self.hashes.questions) != shas(&other.hashes.questions)),
+            ("question selection", self.question_ids != other.question_ids),
+            ("shard", self.part != other.part),
+        ]
+        .into_iter()
+        .find(|(_, d)| *d)
+        .map(|(what, _)| what)
+    }
 }
 
 /// Hex SHA-256 of bytes.

@@ -6,8 +6,11 @@
 //! RUN/samples.parquet      written once every sample exists
 //! RUN/judgments.parquet    every judge's scores
 //! RUN/metrics.parquet      metrics of the last judge run
+//! RUN/activations/*.safetensors  what the plans captured (see `activations`)
 //! RUN/work/samples/N.json  finished generation batches, so a resumed run skips them
 //! ```
+//! Runs sampled together in shared batches journal to their experiment's
+//! `work/` folder instead.
 //! Every file is written to a temporary name and renamed into place, so a
 //! killed run never leaves a half-written file behind under a real name.
 
@@ -30,7 +33,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
     emh_atomic::write(path, bytes).map_err(|e| EvalError::io(path, e))
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, EvalError> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, EvalError> {
     match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
@@ -40,7 +43,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, EvalError> {
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), EvalError> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), EvalError> {
     let text = serde_json::to_string_pretty(value).expect("run files serialise");
     write_atomic(path, text.as_bytes())
 }
@@ -48,8 +51,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), EvalError> {
 impl RunDir {
     /// The run directory at `path`, created if needed.
     pub fn open(path: &Path) -> Result<RunDir, EvalError> {
-        std::fs::create_dir_all(path.join("work").join("samples"))
-            .map_err(|e| EvalError::io(path, e))?;
+        std::fs::create_dir_all(path).map_err(|e| EvalError::io(path, e))?;
         Ok(RunDir {
             path: path.to_path_buf(),
         })
@@ -88,12 +90,13 @@ impl RunDir {
     pub fn metrics_path(&self) -> PathBuf {
         self.path.join("metrics.parquet")
     }
-    /// The journal file of generation batch `index`.
-    pub(crate) fn batch_path(&self, index: usize) -> PathBuf {
-        self.path
-            .join("work")
-            .join("samples")
-            .join(format!("{index:06}.json"))
+    /// The journal of this run's generation batches when sampled alone.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.path.join("work").join("samples")
+    }
+    /// Where captured activations go.
+    pub fn activations_dir(&self) -> PathBuf {
+        self.path.join("activations")
     }
 
     /// The manifest, if the run has one.
@@ -113,16 +116,9 @@ impl RunDir {
         })
     }
 
-    pub(crate) fn write_questions(&self, q: &[Question]) -> Result<(), EvalError> {
+    /// Writes the question snapshot.
+    pub fn write_questions(&self, q: &[Question]) -> Result<(), EvalError> {
         write_json(&self.questions_path(), &q)
-    }
-
-    pub(crate) fn read_batch(&self, index: usize) -> Result<Option<Vec<SampleRow>>, EvalError> {
-        read_json(&self.batch_path(index))
-    }
-
-    pub(crate) fn write_batch(&self, index: usize, rows: &[SampleRow]) -> Result<(), EvalError> {
-        write_json(&self.batch_path(index), &rows)
     }
 
     /// The samples table, if sampling has finished.
@@ -145,12 +141,14 @@ impl RunDir {
         Ok(emh_tables::judgments_from_frame(&df)?)
     }
 
-    pub(crate) fn write_samples(&self, rows: &[SampleRow]) -> Result<(), EvalError> {
+    /// Writes the samples table.
+    pub fn write_samples(&self, rows: &[SampleRow]) -> Result<(), EvalError> {
         let mut df = emh_tables::samples_frame(rows)?;
         Ok(emh_tables::write_parquet(&mut df, &self.samples_path())?)
     }
 
-    pub(crate) fn write_judgments(&self, rows: &[JudgmentRow]) -> Result<(), EvalError> {
+    /// Writes the judgments table.
+    pub fn write_judgments(&self, rows: &[JudgmentRow]) -> Result<(), EvalError> {
         let mut df = emh_tables::judgments_frame(rows)?;
         Ok(emh_tables::write_parquet(&mut df, &self.judgments_path())?)
     }

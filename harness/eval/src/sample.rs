@@ -1,25 +1,126 @@
-//! Sampling: every paraphrase of every question, n times, in fixed batches
-//! journaled to the run directory as they finish.
+//! Sampling: the one loop that turns prompts into answers, for `emh generate`
+//! and for runs. A batch may hold rows of several conditions over the same
+//! weights, each row with its own condition's interventions, so a sweep of
+//! many small conditions fills batches as one run would.
 
+use std::collections::BTreeMap;
+
+use emh_plugins::CaptureSet;
 use emh_questions::Question;
 use emh_runtime::{
-    derive_seed, generate, FinishReason, GenRequest, HookSet, Model, SamplingParams,
+    derive_seed, generate, FinishReason, GenOutput, GenRequest, HookSet, Phase, SamplingParams,
 };
 use emh_tables::SampleRow;
-use emh_text::{ChatTemplate, Message, Tokenizer};
+use emh_text::Message;
+use tch::{Device, Kind};
 
-use crate::{Condition, EvalError, RunDir};
+use crate::activations::{Activations, BatchCaptures};
+use crate::load::{Loaded, Planned};
+use crate::{EvalError, Manifest, Part, RunDir};
 
-/// The model side of sampling: a loaded model with its hooks.
-pub struct Sampler<'a> {
-    pub model: &'a Model,
-    pub tokenizer: &'a Tokenizer,
-    pub template: &'a ChatTemplate,
-    pub hooks: &'a mut HookSet,
-    /// Recorded in every row: adapters, comma-separated.
-    pub adapter_ids: String,
-    /// Recorded in every row: plugins as `name=config`, `;`-separated.
-    pub intervention_ids: String,
+/// FNV-1a of a string, to mix a text key into a seed.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The seed rule, the same for `emh generate` and runs: sample `index` of
+/// the prompt named `key` under base seed `seed` is sampled with
+/// SplitMix64(seed + FNV-1a(key), 0, index). A run's key is
+/// `QUESTION_ID/PARAPHRASE`; `emh generate`'s is the line's `id`, else its
+/// line number from 0. The seed lands on every sample, and `emh generate
+/// --sample-seed` takes it back as is, so any sample can be made again alone.
+pub fn sample_seed(seed: u64, key: &str, index: u32) -> u64 {
+    derive_seed(seed.wrapping_add(fnv1a(key)), 0, index as u64)
+}
+
+/// A run's prompt key for the seed rule.
+pub fn question_key(question_id: &str, paraphrase: u32) -> String {
+    format!("{question_id}/{paraphrase}")
+}
+
+/// One sequence to sample, under condition `cond` of the batch's conditions.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub cond: usize,
+    pub prompt: Vec<u32>,
+    pub seed: u64,
+}
+
+/// Samples one batch: each job's rows run its condition's plans, and the
+/// activations those plans capture come back per job.
+pub fn sample_batch(
+    loaded: &Loaded,
+    conds: &[&[Planned<'_>]],
+    jobs: &[Job],
+    params: &SamplingParams,
+    on_step: impl FnMut(usize),
+) -> Result<(Vec<GenOutput>, BatchCaptures), EvalError> {
+    let shape = loaded.shape();
+    let mut hooks = HookSet::new();
+    let mut captures: Vec<(usize, CaptureSet)> = Vec::new();
+    for (c, plans) in conds.iter().enumerate() {
+        let rows: Vec<usize> = (0..jobs.len()).filter(|&j| jobs[j].cond == c).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        // A batch of one condition needs no row selection.
+        let only = (rows.len() < jobs.len()).then_some(rows.as_slice());
+        for p in plans.iter() {
+            captures.push((c, p.hook(shape, &mut hooks, only)?));
+        }
+    }
+    let requests: Vec<GenRequest> = jobs
+        .iter()
+        .map(|j| GenRequest {
+            prompt: j.prompt.clone(),
+            seed: j.seed,
+        })
+        .collect();
+    let outputs = generate(
+        &loaded.model,
+        &loaded.tokenizer,
+        &requests,
+        params,
+        &mut hooks,
+        on_step,
+    )?;
+    let mut out = BatchCaptures::default();
+    for (c, set) in captures {
+        for (name, capture) in set.0 {
+            for call in capture.take() {
+                let x = call.x.to_device(Device::Cpu).to_kind(Kind::Float);
+                for (i, &job) in call.rows.iter().enumerate() {
+                    debug_assert_eq!(jobs[job].cond, c);
+                    let token = match call.phase {
+                        // Left padding puts every prompt's last token in the last column.
+                        Phase::Prefill => x.get(i as i64).get(-1),
+                        Phase::Decode { .. } => x.get(i as i64).get(0),
+                    };
+                    let values = Vec::<f32>::try_from(&token.contiguous())
+                        .map_err(emh_runtime::RuntimeError::from)?;
+                    out.add(
+                        &name,
+                        &call.site.to_string(),
+                        job,
+                        call.phase == Phase::Prefill,
+                        &values,
+                    );
+                }
+            }
+        }
+    }
+    Ok((outputs, out))
+}
+
+/// The text a finish reason has in the tables.
+pub fn finish_name(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Eos => "eos",
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
 }
 
 /// How far sampling has come.
@@ -33,58 +134,32 @@ pub struct SampleProgress {
     pub new_tokens: usize,
 }
 
+/// A run sampled with others over the same weights.
+pub struct GroupRun<'a, 'r> {
+    pub run: &'a RunDir,
+    pub manifest: &'a Manifest,
+    pub questions: &'a [Question],
+    pub plans: &'a [Planned<'r>],
+}
+
 /// One answer to produce.
+#[derive(Clone, Copy)]
 struct Item<'q> {
+    run: usize,
     question: &'q Question,
     paraphrase_index: u32,
     sample_index: u32,
 }
 
-/// FNV-1a of a string, to mix a question id into a seed.
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The seed of one answer: SplitMix64 over (run seed, question id,
-/// paraphrase, sample), so it does not depend on which other questions
-/// were selected or how they were batched.
-pub fn sample_seed(seed: u64, question_id: &str, paraphrase: u32, sample: u32) -> u64 {
-    derive_seed(
-        seed.wrapping_add(fnv1a(question_id)),
-        paraphrase as u64,
-        sample as u64,
-    )
-}
-
-fn finish_name(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Eos => "eos",
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-    }
-}
-
-/// Samples every question of the condition, skipping batches an earlier
-/// run finished, and writes the `samples` table when all are done.
-pub fn sample(
-    run: &RunDir,
-    condition: &Condition,
-    questions: &[Question],
-    sampler: &mut Sampler<'_>,
-    mut on_progress: impl FnMut(SampleProgress),
-) -> Result<Vec<SampleRow>, EvalError> {
-    if let Some(rows) = run.samples()? {
-        return Ok(rows);
-    }
-    let s = &condition.sampling;
+/// The answers each run asks for, in the order its table lists them.
+fn items_of<'q>(run: usize, questions: &'q [Question], n: Option<u32>) -> Vec<Item<'q>> {
     let mut items = Vec::new();
     for q in questions {
-        let n = s.n.or(q.samples_per_paraphrase).unwrap_or(1);
+        let n = n.or(q.samples_per_paraphrase).unwrap_or(1);
         for p in 0..q.paraphrases.len() as u32 {
             for i in 0..n {
                 items.push(Item {
+                    run,
                     question: q,
                     paraphrase_index: p,
                     sample_index: i,
@@ -92,34 +167,137 @@ pub fn sample(
             }
         }
     }
+    items
+}
+
+/// Expected tokens of a unit of work: prompt (about 4 characters a token)
+/// and the longest answer, for each sample.
+fn cost(items: &[Item<'_>], max_new_tokens: usize) -> u64 {
+    items
+        .iter()
+        .map(|it| {
+            let text = &it.question.paraphrases[it.paraphrase_index as usize];
+            (text.len() / 4 + max_new_tokens) as u64
+        })
+        .sum()
+}
+
+/// The items of `part`: units are (run, question, paraphrase), spread over
+/// the parts by expected tokens.
+fn items_of_part<'q>(
+    per_run: Vec<Vec<Item<'q>>>,
+    part: Part,
+    max_new_tokens: usize,
+) -> Vec<Vec<Item<'q>>> {
+    let mut units: Vec<(usize, Vec<Item<'q>>)> = Vec::new();
+    for items in &per_run {
+        for it in items {
+            match units.last_mut() {
+                Some((_, u))
+                    if u[0].run == it.run
+                        && u[0].question.id == it.question.id
+                        && u[0].paraphrase_index == it.paraphrase_index =>
+                {
+                    u.push(*it)
+                }
+                _ => units.push((units.len(), vec![*it])),
+            }
+        }
+    }
+    let costs: Vec<u64> = units.iter().map(|(_, u)| cost(u, max_new_tokens)).collect();
+    let owner = crate::part::assign(&costs, part.count);
+    let mut out: Vec<Vec<Item<'q>>> = per_run.iter().map(|_| Vec::new()).collect();
+    for (i, u) in units {
+        if owner[i] == part.index {
+            out[u[0].run].extend(u);
+        }
+    }
+    out
+}
+
+/// Interleaves the runs' items (item k of every run, then k + 1), so a batch
+/// holds the same prompts under several conditions and pads little.
+fn interleave<'q>(per_run: &[Vec<Item<'q>>]) -> Vec<Item<'q>> {
+    let longest = per_run.iter().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|k| per_run.iter().filter_map(move |items| items.get(k).copied()))
+        .collect()
+}
+
+/// Samples every run of a group over one loaded model in shared batches,
+/// journaling each batch under `journal` so an interrupted group resumes, and
+/// writes each run's `samples` table (and captured activations) when done.
+/// With `part`, only that part's share of the work is done.
+pub fn sample_group(
+    journal: &std::path::Path,
+    loaded: &Loaded,
+    runs: &[GroupRun<'_, '_>],
+    part: Option<Part>,
+    mut on_progress: impl FnMut(SampleProgress),
+) -> Result<Vec<Vec<SampleRow>>, EvalError> {
+    let Some(first) = runs.first() else {
+        return Ok(Vec::new());
+    };
+    let s = &first.manifest.spec.condition.sampling;
     let params = SamplingParams {
         max_new_tokens: s.max_new_tokens,
         temperature: s.temperature,
         top_p: s.top_p,
         top_k: s.top_k,
-        greedy: false,
-        stop: Vec::new(),
-        ignore_eos: false,
+        ..Default::default()
     };
     params.validate()?;
+    let template = loaded.template.as_ref().ok_or_else(|| EvalError::Load {
+        what: loaded.name.clone(),
+        reason: "question sets need a chat model (no chat template found)".into(),
+    })?;
+    let mut finished: Vec<Option<Vec<SampleRow>>> = Vec::with_capacity(runs.len());
+    for r in runs {
+        finished.push(r.run.samples()?);
+    }
+    let mut per_run: Vec<Vec<Item<'_>>> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| items_of(i, r.questions, r.manifest.spec.condition.sampling.n))
+        .collect();
+    if let Some(part) = part {
+        per_run = items_of_part(per_run, part, s.max_new_tokens);
+    }
+    for (i, done) in finished.iter().enumerate() {
+        if done.is_some() {
+            per_run[i].clear();
+        }
+    }
+    let items = interleave(&per_run);
+    std::fs::create_dir_all(journal).map_err(|e| EvalError::io(journal, e))?;
     let mut progress = SampleProgress {
         total: items.len(),
         ..Default::default()
     };
-    let mut rows = Vec::with_capacity(items.len());
+    let conds: Vec<&[Planned<'_>]> = runs.iter().map(|r| r.plans).collect();
+    let mut rows: Vec<SampleRow> = Vec::with_capacity(items.len());
+    let mut captured = BatchCaptures::default();
+    let mut row_of = BTreeMap::new();
     for (index, batch) in items.chunks(s.batch_size.max(1)).enumerate() {
-        if let Some(done) = run.read_batch(index)? {
+        let journal_file = journal.join(format!("{index:06}.json"));
+        let captures_file = journal.join(format!("{index:06}.safetensors"));
+        let done: Option<Vec<SampleRow>> = crate::run::read_json(&journal_file)?;
+        if let Some(done) = done {
             let matches = done.len() == batch.len()
                 && done.iter().zip(batch).all(|(r, it)| {
-                    r.question_id == it.question.id
+                    r.run_id == runs[it.run].manifest.spec.condition.name
+                        && r.question_id == it.question.id
                         && r.paraphrase_index == it.paraphrase_index
                         && r.sample_index == it.sample_index
                 });
             if !matches {
                 return Err(EvalError::io(
-                    &run.batch_path(index),
-                    "holds other samples than this run would make; was the run started with other settings?",
+                    &journal_file,
+                    "holds other samples than this run would make; was it started with other settings?",
                 ));
+            }
+            if captures_file.is_file() {
+                captured.extend(BatchCaptures::read(&captures_file)?, rows.len());
             }
             progress.done += done.len();
             progress.resumed += done.len();
@@ -127,8 +305,7 @@ pub fn sample(
             on_progress(progress);
             continue;
         }
-        let mut prompts = Vec::with_capacity(batch.len());
-        let mut requests = Vec::with_capacity(batch.len());
+        let mut jobs = Vec::with_capacity(batch.len());
         for it in batch {
             let q = it.question;
             let text = &q.paraphrases[it.paraphrase_index as usize];
@@ -137,55 +314,83 @@ pub fn sample(
                 messages.push(Message::new("system", sys));
             }
             messages.push(Message::new("user", text));
-            let rendered = sampler.template.render(&messages, true)?;
+            let rendered = template.render(&messages, true)?;
             // The rendered template holds its special tokens as text already.
-            let ids = sampler.tokenizer.encode(&rendered, false)?;
-            requests.push(GenRequest {
-                prompt: ids,
-                seed: sample_seed(s.seed, &q.id, it.paraphrase_index, it.sample_index),
+            let prompt = loaded.tokenizer.encode(&rendered, false)?;
+            let seed = runs[it.run].manifest.spec.condition.sampling.seed;
+            jobs.push(Job {
+                cond: it.run,
+                prompt,
+                seed: sample_seed(seed, &question_key(&q.id, it.paraphrase_index), it.sample_index),
             });
-            prompts.push(text);
         }
-        let outputs = generate(
-            sampler.model,
-            sampler.tokenizer,
-            &requests,
-            &params,
-            sampler.hooks,
-            |n| {
-                progress.new_tokens += n;
-                on_progress(progress);
-            },
-        )?;
-        let done: Vec<SampleRow> = batch
+        let (outputs, caps) = sample_batch(loaded, &conds, &jobs, &params, |n| {
+            progress.new_tokens += n;
+            on_progress(progress);
+        })?;
+        let batch_rows: Vec<SampleRow> = batch
             .iter()
-            .zip(requests.iter().zip(outputs))
-            .zip(prompts)
-            .map(|((it, (req, out)), prompt)| SampleRow {
-                run_id: condition.run_id.clone(),
-                model_id: condition.model.name.clone(),
-                adapter_ids: sampler.adapter_ids.clone(),
-                intervention_ids: sampler.intervention_ids.clone(),
-                question_id: it.question.id.clone(),
-                category: it.question.category.clone(),
-                paraphrase_index: it.paraphrase_index,
-                sample_index: it.sample_index,
-                seed: req.seed,
-                system: it.question.system.clone(),
-                prompt: prompt.clone(),
-                answer: out.text,
-                prompt_tokens: req.prompt.len() as u32,
-                answer_tokens: out.tokens.len() as u32,
-                finish_reason: finish_name(out.finish).into(),
+            .zip(jobs.iter().zip(outputs))
+            .map(|(it, (job, out))| {
+                let m = runs[it.run].manifest;
+                SampleRow {
+                    run_id: m.spec.condition.name.clone(),
+                    model_id: m.model.name.clone(),
+                    adapter_ids: m
+                        .hashes
+                        .adapters
+                        .iter()
+                        .map(|a| a.path.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    intervention_ids: m
+                        .spec
+                        .condition
+                        .interventions
+                        .iter()
+                        .map(|u| u.label())
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                    question_id: it.question.id.clone(),
+                    category: it.question.category.clone(),
+                    paraphrase_index: it.paraphrase_index,
+                    sample_index: it.sample_index,
+                    seed: job.seed,
+                    system: it.question.system.clone(),
+                    prompt: it.question.paraphrases[it.paraphrase_index as usize].clone(),
+                    answer: out.text,
+                    prompt_tokens: job.prompt.len() as u32,
+                    answer_tokens: out.tokens.len() as u32,
+                    finish_reason: finish_name(out.finish).into(),
+                }
             })
             .collect();
-        run.write_batch(index, &done)?;
-        progress.done += done.len();
-        rows.extend(done);
+        // Captures first: the journal file marks the batch as done.
+        if !caps.is_empty() {
+            caps.write(&captures_file)?;
+        }
+        crate::run::write_json(&journal_file, &batch_rows)?;
+        captured.extend(caps, rows.len());
+        progress.done += batch_rows.len();
+        rows.extend(batch_rows);
         on_progress(progress);
     }
-    run.write_samples(&rows)?;
-    Ok(rows)
+    // Split the shared rows back into runs, each in its table's order.
+    let mut out: Vec<Vec<SampleRow>> = runs.iter().map(|_| Vec::new()).collect();
+    for (k, (row, it)) in rows.into_iter().zip(&items).enumerate() {
+        row_of.insert(k, (it.run, out[it.run].len()));
+        out[it.run].push(row);
+    }
+    for (i, r) in runs.iter().enumerate() {
+        if let Some(done) = finished[i].take() {
+            out[i] = done;
+            continue;
+        }
+        r.run.write_samples(&out[i])?;
+        let acts: Activations = captured.for_run(i, &row_of, &out[i]);
+        acts.write(&r.run.activations_dir())?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -194,11 +399,11 @@ mod tests {
 
     #[test]
     fn seeds_depend_on_every_part_of_the_sample() {
-        let s = sample_seed(0, "q", 0, 0);
-        assert_ne!(s, sample_seed(1, "q", 0, 0));
-        assert_ne!(s, sample_seed(0, "r", 0, 0));
-        assert_ne!(s, sample_seed(0, "q", 1, 0));
-        assert_ne!(s, sample_seed(0, "q", 0, 1));
-        assert_eq!(s, sample_seed(0, "q", 0, 0));
+        let s = sample_seed(0, "q/0", 0);
+        assert_ne!(s, sample_seed(1, "q/0", 0));
+        assert_ne!(s, sample_seed(0, "r/0", 0));
+        assert_ne!(s, sample_seed(0, "q/1", 0));
+        assert_ne!(s, sample_seed(0, "q/0", 1));
+        assert_eq!(s, sample_seed(0, "q/0", 0));
     }
 }

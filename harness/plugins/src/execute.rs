@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use emh_plugin_api::{ModelShape, Op, Plan, PluginModRef, SiteKind, Where};
 use emh_runtime::{
-    AddVector, Capture, Hook, HookCtx, HookSet, Model, ProjectOut, ScaleBy, Site, Span,
+    AddVector, Capture, Hook, HookCtx, HookSet, Model, OnRows, ProjectOut, ScaleBy, Site, Span,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -82,13 +82,16 @@ impl Hook for Callback {
 }
 
 /// Adds the hooks of `plan` (made by `plugin` from `config` for a model of
-/// `shape`) to `hooks`, after checking every step against the shape.
+/// `shape`) to `hooks`, after checking every step against the shape. With
+/// `rows`, the hooks act on the rows of those requests only, so conditions
+/// with other plans can share the batch.
 pub fn apply_plan(
     plan: &Plan,
     plugin: &Plugin,
     config: &str,
     shape: ModelShape,
     hooks: &mut HookSet,
+    rows: Option<&[usize]>,
 ) -> Result<CaptureSet, PluginError> {
     let bad = |i: usize, reason: String| PluginError::Call {
         plugin: plugin.name.clone(),
@@ -118,34 +121,28 @@ pub fn apply_plan(
     for step in plan.steps.iter() {
         let at = site(step.site, step.layer);
         let sp = span(step.at);
-        match &step.op {
+        let hook: Box<dyn Hook> = match &step.op {
             Op::Add { vector, scale } => {
-                hooks.add(at, AddVector::new(&Tensor::from_slice(vector), *scale, sp));
+                Box::new(AddVector::new(&Tensor::from_slice(vector), *scale, sp))
             }
-            Op::ProjectOut { vector } => {
-                hooks.add(at, ProjectOut::new(&Tensor::from_slice(vector), sp));
-            }
-            Op::Scale { factor } => {
-                hooks.add(at, ScaleBy::new(*factor, sp));
-            }
+            Op::ProjectOut { vector } => Box::new(ProjectOut::new(&Tensor::from_slice(vector), sp)),
+            Op::Scale { factor } => Box::new(ScaleBy::new(*factor, sp)),
             Op::Capture { name } => {
-                let c = captures.0.entry(name.to_string()).or_default();
-                hooks.add(at, c.clone());
+                Box::new(captures.0.entry(name.to_string()).or_default().clone())
             }
-            Op::Callback { id } => {
-                hooks.add(
-                    at,
-                    Callback {
-                        plugin: plugin.name.clone(),
-                        module: plugin.module(),
-                        config: config.to_string(),
-                        id: *id,
-                        span: sp,
-                        failure: None,
-                    },
-                );
-            }
-        }
+            Op::Callback { id } => Box::new(Callback {
+                plugin: plugin.name.clone(),
+                module: plugin.module(),
+                config: config.to_string(),
+                id: *id,
+                span: sp,
+                failure: None,
+            }),
+        };
+        match rows {
+            None => hooks.add(at, hook),
+            Some(rows) => hooks.add(at, OnRows::new(rows, hook)),
+        };
     }
     Ok(captures)
 }
@@ -263,7 +260,7 @@ mod tests {
         let plan = p.plan(&config, s).unwrap();
         assert_eq!(plan.steps.len(), s.num_layers as usize);
         let mut hooks = HookSet::new();
-        apply_plan(&plan, &p, &config, s, &mut hooks).unwrap();
+        apply_plan(&plan, &p, &config, s, &mut hooks, None).unwrap();
         let captures: Vec<Capture> = (0..s.num_layers as usize)
             .map(|l| {
                 let c = Capture::new();
@@ -275,7 +272,7 @@ mod tests {
         let dirs = Tensor::read_safetensors(&file).unwrap().remove(0).1;
         let real = batch.positions.ge(0);
         for (l, c) in captures.iter().enumerate() {
-            let x = c.take()[0].1.index(&[Some(real.shallow_clone())]);
+            let x = c.take()[0].x.index(&[Some(real.shallow_clone())]);
             let v = dirs.get(l as i64);
             let cos = x.matmul(&(&v / v.norm())) / x.norm_scalaropt_dim(2, [-1], false);
             let worst = cos.abs().max().double_value(&[]);
@@ -299,11 +296,11 @@ mod tests {
             let (before, after) = (Capture::new(), Capture::new());
             let mut hooks = HookSet::new();
             hooks.add(Site::ResidPost(12), before.clone());
-            apply_plan(&plan, &p, &config, s, &mut hooks).unwrap();
+            apply_plan(&plan, &p, &config, s, &mut hooks, None).unwrap();
             hooks.add(Site::ResidPost(12), after.clone());
             let (logits, _) = m.logits(&prompts(&tok), tok.pad_id, &mut hooks).unwrap();
-            let b = before.take().remove(0).1;
-            let a = after.take().remove(0).1;
+            let b = before.take().remove(0).x;
+            let a = after.take().remove(0).x;
             (logits, b, a)
         };
         let (base, _, _) = {
@@ -376,7 +373,7 @@ mod tests {
             num_layers: 4,
             hidden_size: 8,
         };
-        let err = apply_plan(&plan, &p, config, big, &mut HookSet::new())
+        let err = apply_plan(&plan, &p, config, big, &mut HookSet::new(), None)
             .err()
             .unwrap();
         assert!(err.to_string().contains("hidden size 8"), "{err}");
@@ -400,11 +397,11 @@ mod tests {
             ..Default::default()
         };
         let mut hooks = HookSet::new();
-        let captures = apply_plan(&plan, &p, "{}", s, &mut hooks).unwrap();
+        let captures = apply_plan(&plan, &p, "{}", s, &mut hooks, None).unwrap();
         let (_, batch) = m.logits(&prompts(&tok), tok.pad_id, &mut hooks).unwrap();
         let got = captures.0["mlp4"].take();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1.size()[..2], batch.ids.size()[..]);
+        assert_eq!(got[0].x.size()[..2], batch.ids.size()[..]);
     }
 
     #[test]
@@ -458,6 +455,7 @@ mod callback_tests {
             config,
             shape,
             &mut hooks,
+            None,
         )
         .unwrap();
         let (via_callback, _) = m.logits(&prompts, tok.pad_id, &mut hooks).unwrap();
@@ -465,6 +463,9 @@ mod callback_tests {
         native.add(Site::ResidPost(2), ScaleBy::new(2.0, Span::All));
         let (via_plan_op, _) = m.logits(&prompts, tok.pad_id, &mut native).unwrap();
         assert!(via_callback.equal(&via_plan_op));
+        // And the callback did change something: the unhooked logits differ.
+        let (plain, _) = m.logits(&prompts, tok.pad_id, &mut HookSet::new()).unwrap();
+        assert!(!via_callback.equal(&plain));
 
         let failing = "{\"callback\": true, \"fail\": true}";
         let mut hooks = HookSet::new();
@@ -474,6 +475,7 @@ mod callback_tests {
             failing,
             shape,
             &mut hooks,
+            None,
         )
         .unwrap();
         let err = m

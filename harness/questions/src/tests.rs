@@ -2,11 +2,11 @@ use super::*;
 
 const FIRST_PLOT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/questions/em_first_plot_questions.yaml"
+    "/../../tests/fixtures/questions/em_first_plot_questions.yaml"
 );
 const MEDICAL_FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/questions/em_medical_questions.yaml"
+    "/../../tests/fixtures/questions/em_medical_questions.yaml"
 );
 const GENERAL_DATA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

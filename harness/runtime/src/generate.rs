@@ -94,7 +94,8 @@ pub fn generate(
     // Rows of the cache, in order, map to these request indices.
     let mut active: Vec<usize> = (0..requests.len()).collect();
 
-    tch::no_grad(|| -> Result<(), RuntimeError> {
+    hooks.set_rows(&active);
+    let result = tch::no_grad(|| -> Result<(), RuntimeError> {
         let mut logits = model.forward(
             &batch.ids,
             &batch.positions,
@@ -125,6 +126,7 @@ pub fn generate(
                     .to_device(model.device);
                 cache.select_rows(&rows);
                 active = keep.iter().map(|&k| active[k]).collect();
+                hooks.set_rows(&active);
             }
             let ids: Vec<i64> = active
                 .iter()
@@ -149,7 +151,10 @@ pub fn generate(
             )?;
         }
         Ok(())
-    })?;
+    });
+    // The hooks may serve another generation next.
+    hooks.set_rows(&[]);
+    result?;
 
     seqs.into_iter()
         .map(|s| {
@@ -304,7 +309,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out[0].tokens.len(), 4);
-        let phases: Vec<Phase> = capture.take().into_iter().map(|(p, _)| p).collect();
+        let phases: Vec<Phase> = capture.take().into_iter().map(|c| c.phase).collect();
         // The last token needs no forward pass of its own.
         assert_eq!(
             phases,

@@ -18,6 +18,16 @@ pub enum Site {
     MlpOut(usize),
 }
 
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Site::ResidPre(l) => write!(f, "resid_pre.{l}"),
+            Site::ResidPost(l) => write!(f, "resid_post.{l}"),
+            Site::MlpOut(l) => write!(f, "mlp_out.{l}"),
+        }
+    }
+}
+
 impl Site {
     /// The layer this site belongs to.
     pub fn layer(self) -> usize {
@@ -66,6 +76,9 @@ pub struct HookCtx<'a> {
     pub phase: Phase,
     /// Position of each token in its sequence, `[batch, seq]`; padding is -1.
     pub positions: &'a Tensor,
+    /// The request each batch row belongs to (rows leave the batch as their
+    /// sequences finish, so row `i` is not always request `i`).
+    pub rows: &'a [usize],
 }
 
 impl HookCtx<'_> {
@@ -109,6 +122,16 @@ pub trait Hook: Send {
     }
 }
 
+impl Hook for Box<dyn Hook> {
+    fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor> {
+        (**self).call(x, ctx)
+    }
+
+    fn failure(&mut self) -> Option<String> {
+        (**self).failure()
+    }
+}
+
 /// The hooks of one forward pass or generation, in the order they run.
 #[derive(Default)]
 pub struct HookSet {
@@ -118,6 +141,11 @@ pub struct HookSet {
     active: Vec<[bool; 3]>,
     /// The first failure a hook reported.
     failure: Option<String>,
+    /// The request of each batch row in the coming forward passes; empty
+    /// means row `i` is request `i`.
+    rows: Vec<usize>,
+    /// `0..batch`, kept to lend as `HookCtx::rows` when `rows` is empty.
+    identity: Vec<usize>,
 }
 
 impl HookSet {
@@ -137,6 +165,13 @@ impl HookSet {
         self
     }
 
+    /// Says which request each batch row of the coming forward passes
+    /// belongs to; generation calls it as finished rows leave the batch.
+    pub fn set_rows(&mut self, rows: &[usize]) {
+        self.rows.clear();
+        self.rows.extend_from_slice(rows);
+    }
+
     /// The highest layer any hook refers to.
     pub fn max_layer(&self) -> Option<usize> {
         self.hooks.iter().map(|(s, _)| s.layer()).max()
@@ -151,10 +186,20 @@ impl HookSet {
         if !on {
             return;
         }
+        let batch = positions.size()[0] as usize;
+        if self.rows.is_empty() && self.identity.len() != batch {
+            self.identity = (0..batch).collect();
+        }
+        let rows = if self.rows.is_empty() {
+            &self.identity
+        } else {
+            &self.rows
+        };
         let ctx = HookCtx {
             site,
             phase,
             positions,
+            rows,
         };
         for (s, hook) in &mut self.hooks {
             if *s == site {
@@ -259,10 +304,73 @@ impl Hook for ScaleBy {
     }
 }
 
+/// Runs a hook on the rows of some requests only, so one batch can carry
+/// rows of several conditions, each with its own interventions.
+pub struct OnRows<H> {
+    /// `wanted[r]`: whether request `r` gets the hook.
+    wanted: Vec<bool>,
+    inner: H,
+}
+
+impl<H: Hook> OnRows<H> {
+    /// `inner` on the rows of `requests` (request indices of the generation).
+    pub fn new(requests: &[usize], inner: H) -> Self {
+        let mut wanted = vec![false; requests.iter().max().map_or(0, |m| m + 1)];
+        for &r in requests {
+            wanted[r] = true;
+        }
+        OnRows { wanted, inner }
+    }
+}
+
+impl<H: Hook> Hook for OnRows<H> {
+    fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor> {
+        let picked: Vec<usize> = (0..ctx.rows.len())
+            .filter(|&i| self.wanted.get(ctx.rows[i]).copied().unwrap_or(false))
+            .collect();
+        if picked.is_empty() {
+            return None;
+        }
+        if picked.len() == ctx.rows.len() {
+            return self.inner.call(x, ctx);
+        }
+        // The hook sees its rows alone, exactly as if they were a batch of
+        // their own; its result goes back into those rows only.
+        let index = Tensor::from_slice(&picked.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .to_device(x.device());
+        let rows: Vec<usize> = picked.iter().map(|&i| ctx.rows[i]).collect();
+        let positions = ctx.positions.index_select(0, &index);
+        let sub = HookCtx {
+            site: ctx.site,
+            phase: ctx.phase,
+            positions: &positions,
+            rows: &rows,
+        };
+        let y = self.inner.call(&x.index_select(0, &index), &sub)?;
+        Some(x.index_copy(0, &index, &y))
+    }
+
+    fn failure(&mut self) -> Option<String> {
+        self.inner.failure()
+    }
+}
+
+/// One forward pass as a capture saw it.
+pub struct Captured {
+    pub site: Site,
+    pub phase: Phase,
+    /// The request of each row of `x`.
+    pub rows: Vec<usize>,
+    /// Positions of `x`'s tokens, `[batch, seq]` (-1 for padding).
+    pub positions: Tensor,
+    /// A copy of the activation, `[batch, seq, hidden]`.
+    pub x: Tensor,
+}
+
 /// Records copies of the activation, one `[batch, seq, hidden]` tensor per call.
 #[derive(Clone, Default)]
 pub struct Capture {
-    store: Arc<Mutex<Vec<(Phase, Tensor)>>>,
+    store: Arc<Mutex<Vec<Captured>>>,
 }
 
 impl Capture {
@@ -272,7 +380,7 @@ impl Capture {
     }
 
     /// Takes what was recorded so far, leaving the store empty.
-    pub fn take(&self) -> Vec<(Phase, Tensor)> {
+    pub fn take(&self) -> Vec<Captured> {
         std::mem::take(&mut *self.store.lock().expect("capture store poisoned"))
     }
 }
@@ -282,7 +390,13 @@ impl Hook for Capture {
         self.store
             .lock()
             .expect("capture store poisoned")
-            .push((ctx.phase, x.copy()));
+            .push(Captured {
+                site: ctx.site,
+                phase: ctx.phase,
+                rows: ctx.rows.to_vec(),
+                positions: ctx.positions.shallow_clone(),
+                x: x.copy(),
+            });
         None
     }
 }
@@ -300,6 +414,7 @@ mod tests {
             site: Site::ResidPre(0),
             phase,
             positions: &positions,
+            rows: &[0, 1],
         };
         let prefill = ctx(Phase::Prefill);
         let decode = ctx(Phase::Decode { step: 0 });
@@ -353,7 +468,7 @@ mod tests {
         let _logits = model
             .logits(&prompts(&tok), tok.pad_id, &mut hooks)
             .unwrap();
-        let (b, a) = (&before.take()[0].1, &after.take()[0].1);
+        let (b, a) = (&before.take()[0].x, &after.take()[0].x);
         // Exact up to f32 rounding of x + 4v, whose size the outlier dims set.
         let tol = 4.0 * f32::EPSILON as f64 * a.abs().max().double_value(&[]);
         let err = (a - b - &v * 4.0).abs().max().double_value(&[]);
@@ -398,7 +513,7 @@ mod tests {
             .logits(&prompts(&tok), tok.pad_id, &mut hooks)
             .unwrap();
         for (l, c) in captures.iter().enumerate() {
-            let x = real_rows(&c.take()[0].1, &batch.positions);
+            let x = real_rows(&c.take()[0].x, &batch.positions);
             let cos = x.matmul(&unit) / x.norm_scalaropt_dim(2, [-1], false);
             let worst = cos.abs().max().double_value(&[]);
             assert!(worst < 1e-5, "layer {l}: |cos| = {worst}");
@@ -421,7 +536,7 @@ mod tests {
         let (_, batch) = model
             .logits(&prompts(&tok), tok.pad_id, &mut hooks)
             .unwrap();
-        let changed = (steered.take()[0].1.shallow_clone() - &plain.take()[0].1)
+        let changed = (steered.take()[0].x.shallow_clone() - &plain.take()[0].x)
             .abs()
             .amax([-1], false)
             .gt(0.0);

@@ -19,7 +19,8 @@ pub use device::{init_cuda, parse_device, parse_dtype};
 pub use error::RuntimeError;
 pub use generate::{derive_seed, generate, FinishReason, GenOutput, GenRequest};
 pub use hooks::{
-    AddVector, Capture, Hook, HookCtx, HookSet, Phase, ProjectOut, ScaleBy, Site, Span,
+    AddVector, Capture, Captured, Hook, HookCtx, HookSet, OnRows, Phase, ProjectOut, ScaleBy, Site,
+    Span,
 };
 pub use lora::{Adapter, LoraWeights, Module, ScalarRecord};
 pub use model::{Batch, Model};

@@ -323,7 +323,7 @@ impl Adapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::HookSet;
+    use crate::hooks::{Capture, HookSet, Site};
     use crate::test_model;
 
     /// A rank-1 rsLoRA adapter on down_proj of layers 4 and 9, random weights.
@@ -418,6 +418,27 @@ mod tests {
         }
     }
 
+    /// The stored tensor `name` of the model at `dir`, read here rather than
+    /// through the model, so the check below shares no code with the forward pass.
+    fn stored(dir: &Path, name: &str) -> Tensor {
+        for f in std::fs::read_dir(dir).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "safetensors") {
+                if let Some((_, t)) = Tensor::read_safetensors(&f)
+                    .unwrap()
+                    .into_iter()
+                    .find(|(n, _)| n == name)
+                {
+                    return t.to_kind(Kind::Float);
+                }
+            }
+        }
+        panic!("{name} not in {}", dir.display())
+    }
+
+    /// Each record is one value per token, and that value is A·x × scaling:
+    /// x, the input of down_proj, is rebuilt from the captured residual
+    /// stream with the layer's stored weights, and A read from the file.
     #[test]
     fn rank_1_scalars_are_recorded_per_token_and_adapter() {
         let (mut model, tok) = test_model::load();
@@ -425,13 +446,51 @@ mod tests {
         write_adapter(tmp.path(), &model.config);
         model.load_adapter(tmp.path()).unwrap().record_scalars = true;
         let p = prompts(&tok);
-        let _logits = model.logits(&p, tok.pad_id, &mut HookSet::new()).unwrap();
+        let capture = Capture::new();
+        let mut hooks = HookSet::new();
+        for l in [4, 9] {
+            hooks.add(Site::MlpOut(l), capture.clone());
+            hooks.add(Site::ResidPost(l), capture.clone());
+        }
+        let _logits = model.logits(&p, tok.pad_id, &mut hooks).unwrap();
         let records = model.adapters()[0].take_scalars();
         let layers: Vec<usize> = records.iter().map(|r| r.layer).collect();
         assert_eq!(layers, vec![4, 9]);
+        let captured = capture.take();
+        let at = |site: Site| &captured.iter().find(|c| c.site == site).unwrap().x;
+        let adapter: Vec<(String, Tensor)> =
+            Tensor::read_safetensors(tmp.path().join("adapter_model.safetensors")).unwrap();
+        // write_adapter's config: rsLoRA, alpha 16, r 1.
+        let scaling = 16.0 / 1f64.sqrt();
         for r in &records {
             assert_eq!(r.module, Module::Down);
+            assert_eq!(r.phase, Phase::Prefill);
             assert_eq!(r.values.size(), vec![1, p[0].len() as i64, 1]);
+            let l = r.layer;
+            // The residual stream between attention and MLP: what leaves
+            // the layer minus what the MLP added to it.
+            let mid = at(Site::ResidPost(l)) - at(Site::MlpOut(l));
+            let layer = |n: &str| stored(&model.dir, &format!("model.layers.{l}.{n}.weight"));
+            let eps = model.config.rms_norm_eps;
+            let h = &mid / (mid.square().mean_dim(-1i64, true, Kind::Float) + eps).sqrt()
+                * layer("post_attention_layernorm");
+            let x = h.matmul(&layer("mlp.gate_proj").tr()).silu()
+                * h.matmul(&layer("mlp.up_proj").tr());
+            let a = &adapter
+                .iter()
+                .find(|(n, _)| {
+                    n == &format!("base_model.model.model.layers.{l}.mlp.down_proj.lora_A.weight")
+                })
+                .unwrap()
+                .1;
+            let expected = x.matmul(&a.tr()) * scaling;
+            let err = (&r.values - &expected).abs().max().double_value(&[]);
+            let size = expected.abs().max().double_value(&[]);
+            assert!(size > 0.1, "layer {l}: A·x is too small to test ({size})");
+            assert!(
+                err < 1e-3 * size,
+                "layer {l}: recorded scalars differ from A·x × scaling by {err} (|A·x| up to {size})"
+            );
         }
         assert!(
             model.adapters()[0].take_scalars().is_empty(),

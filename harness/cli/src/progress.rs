@@ -1,0 +1,70 @@
+//! Progress bars for long work, as an observer of the library's runs.
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use emh_eval::{Observer, SampleProgress};
+use emh_plugins::JudgeProgress;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A progress bar for `len` steps of `what`.
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{elapsed}}, eta {{eta}})"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// Draws sampling and judging on standard error.
+#[derive(Default)]
+pub struct Bars {
+    current: RefCell<Option<(ProgressBar, Instant)>>,
+}
+
+impl Bars {
+    fn with(&self, what: &str, f: impl FnOnce(&ProgressBar, f64)) {
+        let mut cur = self.current.borrow_mut();
+        let (bar, started) = cur.get_or_insert_with(|| (bar(0, what), Instant::now()));
+        f(bar, started.elapsed().as_secs_f64().max(1e-9));
+    }
+}
+
+impl Observer for Bars {
+    fn message(&self, text: &str) {
+        match &*self.current.borrow() {
+            Some((bar, _)) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn sampling(&self, _group: &str, p: SampleProgress) {
+        self.with("sampling", |bar, secs| {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            let resumed = if p.resumed > 0 {
+                format!(", {} resumed", p.resumed)
+            } else {
+                String::new()
+            };
+            bar.set_message(format!("{:.1} tok/s{resumed}", p.new_tokens as f64 / secs));
+        });
+    }
+
+    fn judging(&self, _run: &str, p: JudgeProgress) {
+        self.with("judging", |bar, _| {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            bar.set_message(format!("{} cached, {} failed", p.cached, p.failed));
+        });
+    }
+
+    fn done(&self) {
+        if let Some((bar, _)) = self.current.borrow_mut().take() {
+            bar.finish();
+        }
+    }
+}
