@@ -257,41 +257,24 @@ plugins = [{{ plugin = "test-panicking", config = {{ capture = true }} }}]
 fn bad_experiment_specs_are_refused_before_any_work() {
     let st = setup();
     let runs = st.dir.join("runs");
-    let cases = [
-        (
-            spec(&st, "", "modle = \"x\""),
-            vec![],
-            "modle",
-        ),
-        (
-            spec(
-                &st,
-                r#"[[interventions]]
+    let steer = r#"[[interventions]]
 name = "steer"
 plugins = [{ plugin = "steering", config = { vector = [1.0], layers = [3] } }]
-sweep = { scal = [1, 2] }"#,
-                "",
-            ),
-            vec![],
-            "interventions.steer.sweep.scal",
-        ),
-        (spec(&st, "", "seeds = []"), vec![], "seeds"),
-        (
-            spec(
-                &st,
-                r#"[[interventions]]
+sweep = { scal = [1, 2] }"#;
+    let unknown = r#"[[interventions]]
 name = "x"
-plugins = [{ plugin = "no-such-plugin" }]"#,
-                "",
-            ),
-            vec![],
-            "no-such-plugin",
-        ),
-        (spec(&st, "", ""), vec!["--shard", "4/4"], "4/4"),
+plugins = [{ plugin = "no-such-plugin" }]"#;
+    let cases: [(&str, &str, &[&str], &str); 5] = [
+        ("", "modle = \"x\"", &[], "modle"),
+        (steer, "", &[], "interventions.steer.sweep.scal"),
+        ("", "seeds = []", &[], "seeds"),
+        (unknown, "", &[], "no-such-plugin"),
+        ("", "", &["--shard", "4/4"], "4/4"),
     ];
-    for (file, extra, needle) in cases {
+    for (interventions, extra, more, needle) in cases {
+        let file = spec(&st, interventions, extra);
         let mut args = vec!["experiment", s(&file)];
-        args.extend(extra);
+        args.extend(more);
         let out = emh(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{needle}: accepted");
