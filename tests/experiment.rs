@@ -310,8 +310,18 @@ fn assert_same_tables(runs: &Path, names: &[&str], whole: &[(Vec<SampleRow>, Vec
         assert_eq!(j.len(), wj.len(), "{name}");
         for (a, b) in j.iter().zip(wj) {
             assert_eq!(
-                (&a.question_id, a.paraphrase_index, a.sample_index, &a.metric),
-                (&b.question_id, b.paraphrase_index, b.sample_index, &b.metric),
+                (
+                    &a.question_id,
+                    a.paraphrase_index,
+                    a.sample_index,
+                    &a.metric
+                ),
+                (
+                    &b.question_id,
+                    b.paraphrase_index,
+                    b.sample_index,
+                    &b.metric
+                ),
                 "{name}: judgment order"
             );
             match (a.score, b.score) {
@@ -398,7 +408,10 @@ fn a_judged_csv_becomes_a_run_that_can_be_rejudged() {
         .iter()
         .find(|r| r["scope"] == "overall" && r["metric"] == "em_rate")
         .unwrap();
-    assert_eq!((em["successes"].clone(), em["n"].clone()), (3.into(), 80.into()));
+    assert_eq!(
+        (em["successes"].clone(), em["n"].clone()),
+        (3.into(), 80.into())
+    );
     // The judge prompts came with the questions: another judge can score it.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let server = rt
@@ -420,7 +433,12 @@ fn a_judged_csv_becomes_a_run_that_can_be_rejudged() {
     ]);
     let j = judgments(&run);
     assert_eq!(j.iter().filter(|j| j.judge_id == "mock-judge").count(), 80);
-    assert_eq!(j.iter().filter(|j| j.judge_id == "gpt-4o-2024-08-06").count(), 240);
+    assert_eq!(
+        j.iter()
+            .filter(|j| j.judge_id == "gpt-4o-2024-08-06")
+            .count(),
+        240
+    );
 }
 
 /// A one-node Slurm cluster on this machine (tests/slurm/start-cluster.sh
@@ -488,7 +506,14 @@ fn an_experiment_submitted_to_slurm_runs_as_a_job_array_and_merges() {
     let cluster = Cluster::start(&st.dir.join("slurm-state"));
     let out = cluster
         .command(s(&common::emh_bin()))
-        .args(["experiment", s(&file), "--slurm", "--submit", "--shards", "4"])
+        .args([
+            "experiment",
+            s(&file),
+            "--slurm",
+            "--submit",
+            "--shards",
+            "4",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -538,7 +563,11 @@ fn an_experiment_submitted_to_slurm_runs_as_a_job_array_and_merges() {
         );
     }
     assert!(
-        st.dir.join("runs").join(TWO[0]).join("metrics.parquet").is_file(),
+        st.dir
+            .join("runs")
+            .join(TWO[0])
+            .join("metrics.parquet")
+            .is_file(),
         "the merge job did not merge\n{}",
         logs(&log_dir)
     );

@@ -244,7 +244,15 @@ fn several_interventions_run_side_by_side_and_are_recorded() {
         format!("mean-diff-ablation={{\"vector\": {vector}}}"),
     ];
     let base = [
-        "generate", "--device", "cpu", "--prompt", "hi", "--max-new-tokens", "4", "--seed", "3",
+        "generate",
+        "--device",
+        "cpu",
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "4",
+        "--seed",
+        "3",
     ];
     let run = |chosen: &[&String]| {
         let mut args = base.to_vec();
@@ -255,7 +263,12 @@ fn several_interventions_run_side_by_side_and_are_recorded() {
     };
     let plain = tokens(&run(&[]));
     for i in &interventions {
-        assert_ne!(tokens(&run(&[i])), plain, "{} alone changed nothing", &i[..i.find('=').unwrap()]);
+        assert_ne!(
+            tokens(&run(&[i])),
+            plain,
+            "{} alone changed nothing",
+            &i[..i.find('=').unwrap()]
+        );
     }
     let out = run(&interventions.iter().collect::<Vec<_>>());
     assert_ne!(tokens(&out), plain, "the three together changed nothing");

@@ -99,7 +99,11 @@ fn assert_greedy_matches(model: &Path, dir: &Path, max_new: usize) {
     // Every prompt must be compared: a missing output line is a failure, not a pass.
     let n = chat_prompts().len();
     assert!(n > 0);
-    assert_eq!(r["compared"], json!(n), "emh answered only some prompts: {r}");
+    assert_eq!(
+        r["compared"],
+        json!(n),
+        "emh answered only some prompts: {r}"
+    );
     assert_eq!(
         r["identical"],
         json!(true),

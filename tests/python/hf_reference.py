@@ -34,10 +34,13 @@ def load_model(path, gguf=None):
 
 
 def load_tokenizer(path, gguf=None):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if not gguf:
-        return AutoTokenizer.from_pretrained(path)
+        # The folder's tokenizer.json as written. AutoTokenizer would pick the
+        # class by model type and, for `qwen2`, swap in Qwen2's own splitting
+        # regex: the tiny qwen2 test model carries SmolLM's tokenizer.
+        return PreTrainedTokenizerFast.from_pretrained(path)
     import gguf as gg
     from tokenizers import pre_tokenizers
 

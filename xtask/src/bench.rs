@@ -121,6 +121,7 @@ pub(crate) fn cycled_prompts(env: &Env, batch: usize) -> Result<std::path::PathB
     Ok(file)
 }
 
+/// The CPU model and core count, for a section's machine line.
 pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

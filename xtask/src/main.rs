@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_large;
+mod bench_sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +40,7 @@ commands:
   bench generate   tokens/s of emh beside HF transformers generate, written to BENCHMARKS.md
   bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
   bench local-judge  judgments/s of the local judge plugin on CPU (and with every judgment cached)
+  bench sweep      8 steering/random-control conditions in shared batches beside one run per condition
   bench generate-large [--config DIR] [--device cuda] [--batch 50] [--new-tokens 600] [--repeats 2]
                    a large shape (default Qwen2.5-14B) with random weights in bf16 on a GPU,
                    beside HF transformers, and the fraction of the memory-bandwidth roofline
@@ -62,6 +64,7 @@ fn main() -> Result<()> {
         ["bench", "generate-large", rest @ ..] => bench_large::generate_large(&bench_env()?, rest),
         ["bench", "judge"] => bench::judge(&root()),
         ["bench", "local-judge"] => bench::local_judge(&bench_env()?),
+        ["bench", "sweep"] => bench_sweep::sweep(&bench_env()?),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use emh_eval::{load_model, plan_all, Job, Loaded, ModelSpec, Planned};
+use emh_eval::{load_model, plan_all, Loaded, ModelSpec, Planned, Seeds};
 use emh_plugins::Registry;
 use emh_runtime::{HookSet, SamplingParams};
 use emh_text::{ChatTemplate, Tokenizer};
@@ -194,7 +194,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         .iter()
         .map(|p| json!({"plugin": p.plugin, "version": p.version, "config": p.config, "notes": p.notes.join("\n")}))
         .collect();
-    let mut jobs = Vec::new();
+    let mut prompts = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         let (text, ids) = renderer.encode(line)?;
         let key = match &line.id {
@@ -202,69 +202,58 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             Some(other) => other.to_string(),
             None => i.to_string(),
         };
-        for j in 0..a.n {
-            let seed = a
-                .sample_seed
-                .unwrap_or_else(|| emh_eval::sample_seed(a.seed, &key, j as u32));
-            jobs.push((i, j, text.clone(), Job { cond: 0, prompt: ids.clone(), seed }));
-        }
+        prompts.push((text, (key, ids)));
     }
-    // Similar lengths together waste less compute on padding.
-    jobs.sort_by_key(|(_, _, _, job)| std::cmp::Reverse(job.prompt.len()));
-    let conds: [&[Planned<'_>]; 1] = [&plans];
+    let seeds = match a.sample_seed {
+        Some(s) => Seeds::Exact(s),
+        None => Seeds::Base(a.seed),
+    };
+    let keyed: Vec<(String, Vec<u32>)> = prompts.iter().map(|p| p.1.clone()).collect();
     if a.warmup_tokens > 0 {
-        let first: Vec<Job> = jobs[..a.batch_size.min(jobs.len())]
-            .iter()
-            .map(|(_, _, _, job)| job.clone())
-            .collect();
-        let warmup = SamplingParams {
-            max_new_tokens: a.warmup_tokens,
-            ..params.clone()
-        };
-        // Without the plugins' hooks: a warm-up must not reach what they record.
-        emh_eval::sample_batch(&loaded, &[&[]], &first, &warmup, |_| {})?;
+        let n = a.n as u32;
+        emh_eval::warm_up(&loaded, &keyed, n, a.batch_size, &params, a.warmup_tokens)?;
     }
-    let mut out = open_out(&a.out)?;
-    let bar = progress(jobs.len() as u64, "sampling");
+    let bar = progress((keyed.len() * a.n) as u64, "sampling");
     let started = Instant::now();
     let mut new_tokens = 0usize;
-    let mut records = Vec::with_capacity(jobs.len());
-    for chunk in jobs.chunks(a.batch_size) {
-        let batch: Vec<Job> = chunk.iter().map(|(_, _, _, job)| job.clone()).collect();
-        let (outputs, _) = emh_eval::sample_batch(&loaded, &conds, &batch, &params, |n| {
+    let samples = emh_eval::sample_prompts(
+        &loaded,
+        &plans,
+        &keyed,
+        a.n as u32,
+        seeds,
+        a.batch_size,
+        &params,
+        |n| {
             new_tokens += n;
             let secs = started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("{:.1} tok/s", new_tokens as f64 / secs));
-        })?;
-        for ((i, j, text, job), o) in chunk.iter().zip(outputs) {
-            records.push((
-                (*i, *j),
-                json!({
-                    "id": lines[*i].id,
-                    "prompt_index": i,
-                    "sample_index": j,
-                    "seed": job.seed,
-                    "prompt": text,
-                    "answer": o.text,
-                    "n_prompt_tokens": job.prompt.len(),
-                    "n_new_tokens": o.tokens.len(),
-                    "tokens": o.tokens,
-                    "finish_reason": emh_eval::finish_name(o.finish),
-                    "plugins": plugins,
-                }),
-            ));
-        }
-        bar.inc(chunk.len() as u64);
-    }
+        },
+    )?;
     bar.finish();
-    records.sort_by_key(|(k, _)| *k);
-    for (_, r) in records {
-        writeln!(out, "{r}")?;
+    let mut out = open_out(&a.out)?;
+    for g in &samples {
+        let (text, (_, ids)) = &prompts[g.prompt];
+        let o = &g.output;
+        let record = json!({
+            "id": lines[g.prompt].id,
+            "prompt_index": g.prompt,
+            "sample_index": g.sample,
+            "seed": g.seed,
+            "prompt": text,
+            "answer": o.text,
+            "n_prompt_tokens": ids.len(),
+            "n_new_tokens": o.tokens.len(),
+            "tokens": o.tokens,
+            "finish_reason": emh_eval::finish_name(o.finish),
+            "plugins": plugins,
+        });
+        writeln!(out, "{record}")?;
     }
     out.flush()?;
     eprintln!(
         "{} samples, {new_tokens} new tokens in {:.1}s ({:.1} tok/s)",
-        jobs.len(),
+        samples.len(),
         started.elapsed().as_secs_f64(),
         new_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)
     );

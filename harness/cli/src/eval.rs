@@ -341,7 +341,13 @@ pub fn judge(a: JudgeCmd) -> Result<()> {
         .manifest()?
         .map(|m| m.spec.thresholds)
         .unwrap_or_default();
-    emh_eval::rejudge(&run, &a.judge.spec()?, &thresholds, &registry, &Bars::default())?;
+    emh_eval::rejudge(
+        &run,
+        &a.judge.spec()?,
+        &thresholds,
+        &registry,
+        &Bars::default(),
+    )?;
     eprintln!("judgments in {}", run.judgments_path().display());
     Ok(())
 }

@@ -181,7 +181,12 @@ impl BatchCaptures {
             files,
             ids: rows
                 .iter()
-                .map(|r| format!("{}/{}/{}", r.question_id, r.paraphrase_index, r.sample_index))
+                .map(|r| {
+                    format!(
+                        "{}/{}/{}",
+                        r.question_id, r.paraphrase_index, r.sample_index
+                    )
+                })
                 .collect(),
         }
     }
@@ -249,7 +254,9 @@ impl Activations {
                 "sample_row".into(),
                 Dtype::I64,
                 vec![rows.len()],
-                rows.iter().flat_map(|&r| (r as i64).to_le_bytes()).collect(),
+                rows.iter()
+                    .flat_map(|&r| (r as i64).to_le_bytes())
+                    .collect(),
             ));
             let metadata = HashMap::from([(
                 "ids".to_string(),

@@ -26,9 +26,7 @@ pub fn import_csv(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "imported".into());
-    let read = emh_tables::read_reference_csv(csv, &name, judge_id, |id| {
-        emh_questions::category_of(id)
-    })?;
+    let read = emh_tables::read_reference_csv(csv, &name, judge_id, emh_questions::category_of)?;
     if read.samples.is_empty() {
         return Err(EvalError::io(csv, "holds no answers"));
     }
@@ -59,8 +57,7 @@ pub fn import_csv(
         }
         picked
     } else {
-        ids
-            .iter()
+        ids.iter()
             .map(|id| {
                 let mut paraphrases: Vec<String> = Vec::new();
                 for s in read.samples.iter().filter(|s| &s.question_id == id) {
@@ -138,13 +135,22 @@ pub fn import_csv(
     let _ = memo.save();
     let run = RunDir::open(out)?;
     if run.manifest()?.is_some() {
-        return Err(EvalError::io(out, "is a run directory already; pick another --out"));
+        return Err(EvalError::io(
+            out,
+            "is a run directory already; pick another --out",
+        ));
     }
     run.write_questions(&qs)?;
     run.write_samples(&read.samples)?;
     run.write_judgments(&read.judgments)?;
     run.write_manifest(&manifest)?;
-    let metrics = crate::summarise(&run, &read.samples, &read.judgments, judge_id, &Default::default())?;
+    let metrics = crate::summarise(
+        &run,
+        &read.samples,
+        &read.judgments,
+        judge_id,
+        &Default::default(),
+    )?;
     Ok(RunSummary {
         name,
         dir: out.to_path_buf(),

@@ -28,8 +28,8 @@ pub use pipeline::{
 };
 pub use run::RunDir;
 pub use sample::{
-    finish_name, question_key, sample_batch, sample_group, sample_seed, GroupRun, Job,
-    SampleProgress,
+    finish_name, question_key, sample_batch, sample_group, sample_prompts, sample_seed, warm_up,
+    Generated, GroupRun, Job, SampleProgress, Seeds,
 };
 pub use spec::{
     read_spec, spec_text, Condition, EvalSpec, JudgeSpec, ModelSpec, PluginUse, QuestionSpec,
@@ -38,7 +38,6 @@ pub use spec::{
 pub use summary::{judge_ids, metrics, pick_judge, scored_samples};
 
 use std::path::{Path, PathBuf};
-
 
 /// Errors of an evaluation run, naming the file or stage.
 #[derive(Debug, thiserror::Error)]

@@ -104,10 +104,12 @@ pub fn load_model(spec: &ModelSpec, registry: &Registry, raw: bool) -> Result<Lo
     let template = if raw {
         None
     } else {
-        Some(ChatTemplate::from_dir(&found.dir).map_err(|e| EvalError::Load {
-            what: found.dir.display().to_string(),
-            reason: format!("{e} (a base model needs raw prompts)"),
-        })?)
+        Some(
+            ChatTemplate::from_dir(&found.dir).map_err(|e| EvalError::Load {
+                what: found.dir.display().to_string(),
+                reason: format!("{e} (a base model needs raw prompts)"),
+            })?,
+        )
     };
     let mut model = match spec.random_init {
         Some(seed) => Model::random_init(&found.dir, device, kind, seed),

@@ -86,16 +86,28 @@ impl Manifest {
         let (a, b) = (&self.spec.condition, &other.spec.condition);
         [
             ("condition name", a.name != b.name),
-            ("model", self.model != other.model || shas(&self.hashes.model) != shas(&other.hashes.model)),
+            (
+                "model",
+                self.model != other.model || shas(&self.hashes.model) != shas(&other.hashes.model),
+            ),
             (
                 "adapters",
                 self.hashes.adapters.iter().map(shas).collect::<Vec<_>>()
                     != other.hashes.adapters.iter().map(shas).collect::<Vec<_>>(),
             ),
-            ("interventions", a.interventions != b.interventions || self.plugins != other.plugins),
+            (
+                "interventions",
+                a.interventions != b.interventions || self.plugins != other.plugins,
+            ),
             ("sampling settings", a.sampling != b.sampling),
-            ("question file", shas(&self.hashes.questions) != shas(&other.hashes.questions)),
-            ("question selection", self.question_ids != other.question_ids),
+            (
+                "question file",
+                shas(&self.hashes.questions) != shas(&other.hashes.questions),
+            ),
+            (
+                "question selection",
+                self.question_ids != other.question_ids,
+            ),
             ("shard", self.part != other.part),
         ]
         .into_iter()

@@ -63,8 +63,9 @@ impl Part {
         }
         if let Some(id) = env_number("SLURM_ARRAY_TASK_ID")? {
             let min = env_number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-            let n = env_number("SLURM_ARRAY_TASK_COUNT")?
-                .ok_or_else(|| bad("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not"))?;
+            let n = env_number("SLURM_ARRAY_TASK_COUNT")?.ok_or_else(|| {
+                bad("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")
+            })?;
             if count.is_some_and(|c| c != n) {
                 return Err(bad("the count differs from SLURM_ARRAY_TASK_COUNT"));
             }

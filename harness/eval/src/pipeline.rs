@@ -13,9 +13,7 @@ use emh_tables::{JudgmentRow, SampleRow};
 
 use crate::load::{control_adapters, load_model, plan_all, Loaded, Planned};
 use crate::sample::{sample_group, GroupRun, SampleProgress};
-use crate::{
-    EvalError, EvalSpec, HashMemo, Hashes, JudgeSpec, Manifest, Part, RunDir,
-};
+use crate::{EvalError, EvalSpec, HashMemo, Hashes, JudgeSpec, Manifest, Part, RunDir};
 
 /// Told how runs go: progress bars and messages belong to the caller.
 pub trait Observer {
@@ -78,7 +76,12 @@ pub fn open_judge<'r>(registry: &'r Registry, j: &JudgeSpec) -> Result<Judge<'r>
     let cache = Cache::open(&cache_dir).map_err(|e| EvalError::Judge {
         reason: e.to_string(),
     })?;
-    Ok(Judge::new(plugin, &j.judge.config_text(), Some(cache), j.batch)?)
+    Ok(Judge::new(
+        plugin,
+        &j.judge.config_text(),
+        Some(cache),
+        j.batch,
+    )?)
 }
 
 /// Which runs can share batches: same weights, same sampling but for seed and n.
@@ -137,7 +140,9 @@ pub fn run(
         let first = &pending[members[0]];
         observer.message(&format!("loading {}", describe(&first.spec)));
         let mut loaded = load_model(&first.spec.condition.model, registry, false)?;
-        for (sub, rows) in sample_weights_group(&mut loaded, &pending, members, registry, options, observer)? {
+        for (sub, rows) in
+            sample_weights_group(&mut loaded, &pending, members, registry, options, observer)?
+        {
             samples[sub] = rows;
         }
     }
@@ -145,8 +150,14 @@ pub fn run(
     for (i, p) in pending.iter().enumerate() {
         let (judge_id, metrics) = match (&judges[i], &p.spec.judge) {
             (Some(judge), Some(j)) => {
-                let (judgments, id) =
-                    judge_samples(&p.run, &p.questions, &samples[i], judge, &j.metrics, observer)?;
+                let (judgments, id) = judge_samples(
+                    &p.run,
+                    &p.questions,
+                    &samples[i],
+                    judge,
+                    &j.metrics,
+                    observer,
+                )?;
                 let rows = summarise(&p.run, &samples[i], &judgments, &id, &p.spec.thresholds)?;
                 (Some(id), rows)
             }
@@ -229,7 +240,10 @@ fn sample_weights_group(
     // apart, each with the scales restored before its own controls.
     let mut by_controls: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (k, planned) in plans.iter().enumerate() {
-        let key = format!("{:?}", planned.iter().map(|p| &p.plan.adapters).collect::<Vec<_>>());
+        let key = format!(
+            "{:?}",
+            planned.iter().map(|p| &p.plan.adapters).collect::<Vec<_>>()
+        );
         by_controls.entry(key).or_default().push(k);
     }
     let scales = adapter_scales(&loaded.model);
@@ -340,13 +354,14 @@ pub fn judge_samples(
         judge.identity.id,
         judge.identity.endpoint
     ));
-    let (rows, usage, record) =
-        crate::judge(run, samples, questions, judge, metrics, |p| observer.judging(&name, p))?;
+    let (rows, usage, record) = crate::judge(run, samples, questions, judge, metrics, |p| {
+        observer.judging(&name, p)
+    })?;
     observer.done();
     observer.message(&usage_line(&judge.identity.id, &usage));
-    let mut manifest = run.manifest()?.ok_or_else(|| {
-        EvalError::io(&run.manifest_path(), "missing: the run has no manifest")
-    })?;
+    let mut manifest = run
+        .manifest()?
+        .ok_or_else(|| EvalError::io(&run.manifest_path(), "missing: the run has no manifest"))?;
     manifest
         .judges
         .retain(|r| !(r.identity == record.identity && r.metrics == record.metrics));

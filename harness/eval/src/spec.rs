@@ -206,7 +206,8 @@ fn is_json(path: &Path) -> bool {
 pub fn read_spec<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
     if is_json(path) {
-        serde_json::from_str(&text).map_err(|e| EvalError::io(path, format!("not a valid spec: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| EvalError::io(path, format!("not a valid spec: {e}")))
     } else {
         toml::from_str(&text).map_err(|e| EvalError::io(path, format!("not a valid spec: {e}")))
     }
@@ -265,8 +266,9 @@ mod tests {
                     adapters: vec!["a".into()],
                     ..Default::default()
                 },
-                interventions: vec![PluginUse::parse(r#"steering={"scale": 4, "layers": [3]}"#)
-                    .unwrap()],
+                interventions: vec![
+                    PluginUse::parse(r#"steering={"scale": 4, "layers": [3]}"#).unwrap()
+                ],
                 sampling: Sampling {
                     n: Some(2),
                     ..Default::default()

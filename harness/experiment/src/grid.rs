@@ -212,7 +212,9 @@ fn interventions_of(
         }
         let mut takers = Vec::new();
         for (i, u) in e.plugins.iter().enumerate() {
-            let plugin = registry.get(&u.plugin).map_err(|err| bad(&field, err.to_string()))?;
+            let plugin = registry
+                .get(&u.plugin)
+                .map_err(|err| bad(&field, err.to_string()))?;
             if schema_keys(&plugin.config_schema).contains(key) {
                 takers.push(i);
             }
@@ -265,7 +267,11 @@ impl ExperimentSpec {
     /// `base` (the spec file's folder), checking every axis first: sweeps over
     /// config fields the plugin does not have, empty axes and unknown
     /// plugins are refused before any work, naming the field.
-    pub fn expand(&self, base: &Path, registry: &Registry) -> Result<Vec<Planned>, ExperimentError> {
+    pub fn expand(
+        &self,
+        base: &Path,
+        registry: &Registry,
+    ) -> Result<Vec<Planned>, ExperimentError> {
         if self.models.is_empty() {
             return Err(bad("models", "no models: the grid would be empty"));
         }
@@ -366,7 +372,9 @@ mod tests {
             questions = { file = "q.yaml" }
             modles = []
         "#;
-        let err = toml::from_str::<ExperimentSpec>(text).unwrap_err().to_string();
+        let err = toml::from_str::<ExperimentSpec>(text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("modles"), "{err}");
         let spec: ExperimentSpec = toml::from_str(
             r#"

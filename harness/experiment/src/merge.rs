@@ -29,7 +29,12 @@ fn shard_dirs(out: &Path) -> Result<(usize, BTreeMap<usize, PathBuf>), Experimen
     }
     let count = match counts.len() {
         1 => *counts.iter().next().expect("one count"),
-        0 => return Err(ExperimentError::io(&root, "no shard folders (I-of-N) in it")),
+        0 => {
+            return Err(ExperimentError::io(
+                &root,
+                "no shard folders (I-of-N) in it",
+            ))
+        }
         _ => {
             return Err(ExperimentError::io(
                 &root,
@@ -74,7 +79,9 @@ pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
             let rows = run.samples()?.ok_or_else(|| {
                 ExperimentError::io(
                     &path,
-                    format!("shard {i} of {count} has not finished sampling; run it again (it resumes)"),
+                    format!(
+                        "shard {i} of {count} has not finished sampling; run it again (it resumes)"
+                    ),
                 )
             })?;
             if let Some(first) = &manifest {
@@ -88,7 +95,11 @@ pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
                         format!("was made with other settings than shard 0 ({what} differs)"),
                     ));
                 }
-                if a.judges.iter().map(|j| &j.identity).ne(b.judges.iter().map(|j| &j.identity)) {
+                if a.judges
+                    .iter()
+                    .map(|j| &j.identity)
+                    .ne(b.judges.iter().map(|j| &j.identity))
+                {
                     return Err(ExperimentError::io(
                         &path,
                         "was judged by other judges than shard 0; judge every shard alike",

@@ -62,8 +62,14 @@ pub fn write_scripts(
             format!("#SBATCH --job-name={name}"),
         ];
         let pattern = if array { "%A_%a" } else { "%j" };
-        h.push(format!("#SBATCH --output={}/{name}-{pattern}.out", logs.display()));
-        h.push(format!("#SBATCH --error={}/{name}-{pattern}.err", logs.display()));
+        h.push(format!(
+            "#SBATCH --output={}/{name}-{pattern}.out",
+            logs.display()
+        ));
+        h.push(format!(
+            "#SBATCH --error={}/{name}-{pattern}.err",
+            logs.display()
+        ));
         if array {
             h.push(format!("#SBATCH --array=0-{}", o.shards - 1));
             if let Some(g) = o.gpus_per_task {
@@ -107,7 +113,9 @@ fn sbatch(args: &[&str]) -> Result<String, ExperimentError> {
         .arg("--parsable")
         .args(args)
         .output()
-        .map_err(|e| ExperimentError::Slurm(format!("running sbatch: {e} (is Slurm installed?)")))?;
+        .map_err(|e| {
+            ExperimentError::Slurm(format!("running sbatch: {e} (is Slurm installed?)"))
+        })?;
     if !out.status.success() {
         return Err(ExperimentError::Slurm(format!(
             "sbatch {} failed: {}",
@@ -117,7 +125,12 @@ fn sbatch(args: &[&str]) -> Result<String, ExperimentError> {
     }
     // `--parsable` prints `ID` or `ID;CLUSTER`.
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.trim().split(';').next().unwrap_or_default().to_string())
+    Ok(text
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// Submits the array, then the merge job after it; returns both job ids.
