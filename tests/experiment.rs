@@ -284,13 +284,20 @@ plugins = [{ plugin = "no-such-plugin" }]"#;
 }
 
 /// Runs `spec` unsharded into `runs-whole` and returns its tables per condition.
-fn whole_run(st: &Setup, file: &Path, names: &[&str]) -> Vec<(Vec<SampleRow>, Vec<JudgmentRow>)> {
+fn whole_run(
+    st: &Setup,
+    file: &Path,
+    names: &[&str],
+    extra: &[&str],
+) -> Vec<(Vec<SampleRow>, Vec<JudgmentRow>)> {
     let whole = st.dir.join("whole.toml");
     let text = std::fs::read_to_string(file)
         .unwrap()
         .replace("out = \"runs\"", "out = \"runs-whole\"");
     std::fs::write(&whole, text).unwrap();
-    emh_ok(&["experiment", s(&whole)]);
+    let mut args = vec!["experiment", s(&whole)];
+    args.extend(extra);
+    emh_ok(&args);
     names
         .iter()
         .map(|n| {
@@ -333,8 +340,9 @@ fn assert_same_tables(runs: &Path, names: &[&str], whole: &[(Vec<SampleRow>, Vec
     }
 }
 
-/// Two conditions (a steering sweep) for the shard tests.
-fn two_condition_spec(st: &Setup) -> PathBuf {
+/// Two conditions (a steering sweep) for the shard tests, and `more`
+/// intervention entries.
+fn two_condition_spec(st: &Setup, more: &str) -> PathBuf {
     let v = vector(1.0);
     spec(
         st,
@@ -343,6 +351,7 @@ fn two_condition_spec(st: &Setup) -> PathBuf {
 name = "steer"
 plugins = [{{ plugin = "steering", config = {{ vector = {v}, layers = [3] }} }}]
 sweep = {{ scale = [0, 8] }}
+{more}
 "#
         ),
         &local_judge_toml(),
@@ -354,25 +363,66 @@ const TWO: [&str; 2] = ["base__steer__scale=0", "base__steer__scale=8"];
 #[test]
 fn shards_merge_into_the_tables_of_an_unsharded_run() {
     let st = setup();
-    let file = two_condition_spec(&st);
-    let whole = whole_run(&st, &file, &TWO);
+    let capture = r#"[[interventions]]
+name = "capture"
+plugins = [{ plugin = "test-panicking", config = { capture = true } }]"#;
+    let file = two_condition_spec(&st, capture);
+    let plugin = fixture_plugin();
+    let with_plugin = ["--plugin", s(&plugin)];
+    let names = [TWO[0], TWO[1], "base__capture"];
+    let whole = whole_run(&st, &file, &names, &with_plugin);
     for i in 0..4 {
-        emh_ok(&["experiment", s(&file), "--shard", &format!("{i}/4")]);
+        let part = format!("{i}/4");
+        let mut args = vec!["experiment", s(&file), "--shard", &part];
+        args.extend(with_plugin);
+        emh_ok(&args);
     }
     // Each shard holds a part: none holds everything, together they hold it all.
     let mut total = 0;
     for i in 0..4 {
-        for n in TWO {
+        for n in names {
             let d = st.dir.join(format!("runs/shards/{i}-of-4/{n}"));
             let k = samples(&d).len();
             assert!(k < 6, "shard {i} of {n} holds every sample");
             total += k;
         }
     }
-    assert_eq!(total, 12);
+    assert_eq!(total, 18);
     let out = emh_ok(&["merge", s(&st.dir.join("runs"))]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("em_rate"));
-    assert_same_tables(&st.dir.join("runs"), &TWO, &whole);
+    assert_same_tables(&st.dir.join("runs"), &names, &whole);
+    // The captures of the shards are joined as one run writes them.
+    let acts = |run: &Path| std::fs::read(run.join("activations/acts.safetensors")).unwrap();
+    let merged = acts(&st.dir.join("runs/base__capture"));
+    let unsharded = acts(&st.dir.join("runs-whole/base__capture"));
+    let (m, u) = (
+        safetensors::SafeTensors::deserialize(&merged).unwrap(),
+        safetensors::SafeTensors::deserialize(&unsharded).unwrap(),
+    );
+    let mut names_m = m.names();
+    names_m.sort();
+    let mut names_u = u.names();
+    names_u.sort();
+    assert_eq!(names_m, names_u);
+    for t in names_u {
+        let (a, b) = (m.tensor(t).unwrap(), u.tensor(t).unwrap());
+        assert_eq!(a.shape(), b.shape(), "{t}");
+        if t == "sample_row" || t.ends_with("answer_tokens") {
+            assert_eq!(a.data(), b.data(), "{t}");
+        } else {
+            let f = |d: &[u8]| -> Vec<f32> {
+                d.chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            };
+            let worst = f(a.data())
+                .iter()
+                .zip(f(b.data()))
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-3, "{t}: {worst}");
+        }
+    }
 }
 
 #[test]
@@ -501,8 +551,8 @@ fn logs(dir: &Path) -> String {
 #[test]
 fn an_experiment_submitted_to_slurm_runs_as_a_job_array_and_merges() {
     let st = setup();
-    let file = two_condition_spec(&st);
-    let whole = whole_run(&st, &file, &TWO);
+    let file = two_condition_spec(&st, "");
+    let whole = whole_run(&st, &file, &TWO, &[]);
     let cluster = Cluster::start(&st.dir.join("slurm-state"));
     let out = cluster
         .command(s(&common::emh_bin()))

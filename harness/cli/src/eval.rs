@@ -11,7 +11,6 @@ use emh_eval::{
     Sampling,
 };
 use emh_metrics::{MetricRow, Thresholds};
-use emh_tables::{JudgmentRow, SampleRow};
 
 use crate::commands::ModelArgs;
 use crate::plugins::{PluginArgs, PluginUseArgs};
@@ -352,29 +351,6 @@ pub fn judge(a: JudgeCmd) -> Result<()> {
     Ok(())
 }
 
-/// Samples and judgments from a run directory or a judged CSV.
-fn read_input(input: &Path) -> Result<(String, Vec<SampleRow>, Vec<JudgmentRow>)> {
-    if input.is_dir() {
-        let run = RunDir::existing(input)?;
-        let samples = run
-            .samples()?
-            .with_context(|| format!("{}: sampling has not finished", input.display()))?;
-        let id = run
-            .manifest()?
-            .map(|m| m.spec.condition.name)
-            .unwrap_or_default();
-        return Ok((id, samples, run.judgments()?));
-    }
-    let name = input
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let csv = emh_tables::read_reference_csv(input, &name, &format!("csv:{name}"), |id| {
-        emh_questions::category_of(id)
-    })?;
-    Ok((name, csv.samples, csv.judgments))
-}
-
 /// Prints metric rows as a table, JSON or CSV.
 pub(crate) fn print_metrics(rows: &[MetricRow], format: Format) -> Result<()> {
     match format {
@@ -433,7 +409,7 @@ pub(crate) fn print_metrics(rows: &[MetricRow], format: Format) -> Result<()> {
 
 /// `emh metrics`.
 pub fn metrics(a: MetricsCmd) -> Result<()> {
-    let (_, samples, judgments) = read_input(&a.input)?;
+    let (_, samples, judgments) = emh_eval::read_tables(&a.input)?;
     let run = a
         .input
         .is_dir()
@@ -450,10 +426,10 @@ pub fn metrics(a: MetricsCmd) -> Result<()> {
 
 /// `emh judge-agreement`.
 pub fn agreement(a: AgreementCmd) -> Result<()> {
-    let (_, samples_a, judgments_a) = read_input(&a.a)?;
+    let (_, samples_a, judgments_a) = emh_eval::read_tables(&a.a)?;
     let (samples_b, judgments_b) = match &a.b {
         Some(b) => {
-            let (_, s, j) = read_input(b)?;
+            let (_, s, j) = emh_eval::read_tables(b)?;
             (s, j)
         }
         None => (samples_a.clone(), judgments_a.clone()),
@@ -463,22 +439,10 @@ pub fn agreement(a: AgreementCmd) -> Result<()> {
     if a.b.is_none() && id_a == id_b {
         bail!("give two inputs, or --judge-a and --judge-b naming two judges of one run");
     }
-    // Pair the samples both sides have, by question, paraphrase and sample index.
-    let key = |s: &SampleRow| (s.question_id.clone(), s.paraphrase_index, s.sample_index);
-    let in_b: BTreeMap<_, usize> = samples_b
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (key(s), i))
-        .collect();
-    let scored_a = emh_eval::scored_samples(&samples_a, &judgments_a, &id_a);
-    let scored_b = emh_eval::scored_samples(&samples_b, &judgments_b, &id_b);
-    let (mut pa, mut pb) = (Vec::new(), Vec::new());
-    for (i, s) in samples_a.iter().enumerate() {
-        if let Some(&j) = in_b.get(&key(s)) {
-            pa.push(scored_a[i].clone());
-            pb.push(scored_b[j].clone());
-        }
-    }
+    let (pa, pb) = emh_eval::paired_scores(
+        (&samples_a, &judgments_a, &id_a),
+        (&samples_b, &judgments_b, &id_b),
+    );
     if pa.is_empty() {
         bail!(
             "the two inputs share no samples (matched by question_id, paraphrase and sample index)"

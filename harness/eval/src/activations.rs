@@ -269,6 +269,110 @@ impl Activations {
     }
 }
 
+/// One capture file read whole: tensors by name (dtype, shape, bytes) and ids.
+type FileTensors = (BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>, Vec<String>);
+
+fn read_file(path: &Path) -> Result<FileTensors, EvalError> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| EvalError::io(path, format!("not valid: {e}")))?;
+    let ids: Vec<String> = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("ids"))
+        .and_then(|t| serde_json::from_str(t).ok())
+        .ok_or_else(|| EvalError::io(path, "no `ids` metadata"))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| EvalError::io(path, format!("not valid: {e}")))?;
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    Ok((tensors, ids))
+}
+
+/// Joins the capture files of shard runs into `dest`, rows in the order of
+/// the merged `samples` table, `sample_row` pointing into it.
+pub fn merge_activations(
+    parts: &[PathBuf],
+    dest: &Path,
+    samples: &[SampleRow],
+) -> Result<(), EvalError> {
+    let index: BTreeMap<String, usize> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let id = format!(
+                "{}/{}/{}",
+                r.question_id, r.paraphrase_index, r.sample_index
+            );
+            (id, i)
+        })
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    for part in parts {
+        for e in std::fs::read_dir(part).into_iter().flatten().flatten() {
+            names.insert(e.file_name());
+        }
+    }
+    for name in names {
+        // Rows of every shard with their merged index, then sorted by it.
+        let mut rows: Vec<(usize, BTreeMap<String, Vec<u8>>)> = Vec::new();
+        let mut layout: BTreeMap<String, (Dtype, Vec<usize>)> = BTreeMap::new();
+        for part in parts {
+            let path = part.join(&name);
+            if !path.is_file() {
+                continue;
+            }
+            let (tensors, ids) = read_file(&path)?;
+            for (k, id) in ids.iter().enumerate() {
+                let at = *index.get(id).ok_or_else(|| {
+                    EvalError::io(&path, format!("row {id} is not in the merged samples"))
+                })?;
+                let mut row = BTreeMap::new();
+                for (t, (dtype, shape, bytes)) in &tensors {
+                    let width = bytes.len() / shape[0].max(1);
+                    row.insert(t.clone(), bytes[k * width..(k + 1) * width].to_vec());
+                    layout.insert(t.clone(), (*dtype, shape[1..].to_vec()));
+                }
+                rows.push((at, row));
+            }
+        }
+        rows.sort_by_key(|(at, _)| *at);
+        let mut tensors = Vec::new();
+        for (t, (dtype, inner)) in &layout {
+            let bytes: Vec<u8> = if t == "sample_row" {
+                rows.iter()
+                    .flat_map(|(at, _)| (*at as i64).to_le_bytes())
+                    .collect()
+            } else {
+                rows.iter().flat_map(|(_, r)| r[t].clone()).collect()
+            };
+            let mut shape = vec![rows.len()];
+            shape.extend(inner);
+            tensors.push((t.clone(), *dtype, shape, bytes));
+        }
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|(at, _)| {
+                let r = &samples[*at];
+                format!(
+                    "{}/{}/{}",
+                    r.question_id, r.paraphrase_index, r.sample_index
+                )
+            })
+            .collect();
+        std::fs::create_dir_all(dest).map_err(|e| EvalError::io(dest, e))?;
+        let metadata = HashMap::from([(
+            "ids".to_string(),
+            serde_json::to_string(&ids).expect("strings serialise"),
+        )]);
+        write_file(&dest.join(&name), tensors, metadata)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ mod sample;
 mod spec;
 mod summary;
 
-pub use activations::{Activations, BatchCaptures};
+pub use activations::{merge_activations, Activations, BatchCaptures};
 pub use import::import_csv;
 pub use judge::{check_judge_prompts, judge};
 pub use load::{control_adapters, load_model, plan_all, Loaded, Planned};
@@ -35,7 +35,7 @@ pub use spec::{
     read_spec, spec_text, Condition, EvalSpec, JudgeSpec, ModelSpec, PluginUse, QuestionSpec,
     Sampling,
 };
-pub use summary::{judge_ids, metrics, pick_judge, scored_samples};
+pub use summary::{judge_ids, metrics, paired_scores, pick_judge, read_tables, scored_samples};
 
 use std::path::{Path, PathBuf};
 

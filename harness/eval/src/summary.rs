@@ -78,3 +78,57 @@ pub fn metrics(
 ) -> Vec<MetricRow> {
     compute(&scored_samples(samples, judgments, judge_id), thresholds)
 }
+
+/// The scores of the samples both sides have (matched by question,
+/// paraphrase and sample index), side A's by `id_a`, side B's by `id_b`,
+/// in A's order: what judge agreement compares.
+pub fn paired_scores(
+    (samples_a, judgments_a, id_a): (&[SampleRow], &[JudgmentRow], &str),
+    (samples_b, judgments_b, id_b): (&[SampleRow], &[JudgmentRow], &str),
+) -> (Vec<ScoredSample>, Vec<ScoredSample>) {
+    let key = |s: &SampleRow| (s.question_id.clone(), s.paraphrase_index, s.sample_index);
+    let in_b: BTreeMap<_, usize> = samples_b
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (key(s), i))
+        .collect();
+    let scored_a = scored_samples(samples_a, judgments_a, id_a);
+    let scored_b = scored_samples(samples_b, judgments_b, id_b);
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    for (i, s) in samples_a.iter().enumerate() {
+        if let Some(&j) = in_b.get(&key(s)) {
+            pa.push(scored_a[i].clone());
+            pb.push(scored_b[j].clone());
+        }
+    }
+    (pa, pb)
+}
+
+/// Samples and judgments of a run directory, or of a judged CSV (its score
+/// columns as judge `csv:<file stem>`), with the run's (or file's) name.
+pub fn read_tables(
+    input: &std::path::Path,
+) -> Result<(String, Vec<SampleRow>, Vec<JudgmentRow>), EvalError> {
+    if input.is_dir() {
+        let run = crate::RunDir::existing(input)?;
+        let samples = run
+            .samples()?
+            .ok_or_else(|| EvalError::io(input, "sampling has not finished"))?;
+        let name = run
+            .manifest()?
+            .map(|m| m.spec.condition.name)
+            .unwrap_or_default();
+        return Ok((name, samples, run.judgments()?));
+    }
+    let name = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let csv = emh_tables::read_reference_csv(
+        input,
+        &name,
+        &format!("csv:{name}"),
+        emh_questions::category_of,
+    )?;
+    Ok((name, csv.samples, csv.judgments))
+}

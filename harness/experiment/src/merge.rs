@@ -1,5 +1,5 @@
-//! `emh merge`: the shards of an experiment become the run directories and
-//! tables that one machine would have written.
+//! `emh merge`: the shards of an experiment become the run directories,
+//! tables and captured activations that one machine would have written.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,8 @@ fn shard_dirs(out: &Path) -> Result<(usize, BTreeMap<usize, PathBuf>), Experimen
 
 /// Merges the shards of the experiment in `out` into `out/<condition>/`:
 /// samples in the order one run writes them, judgments likewise, metrics
-/// recomputed. Every shard must have finished every condition.
+/// recomputed, captured activations joined. Every shard must have finished
+/// every condition.
 pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
     let (count, dirs) = shard_dirs(out)?;
     let first = &dirs[&0];
@@ -151,6 +152,16 @@ pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
         if !judgments.is_empty() {
             run.write_judgments(&judgments)?;
         }
+        let parts: Vec<PathBuf> = dirs
+            .values()
+            .map(|d| {
+                RunDir {
+                    path: d.join(&name),
+                }
+                .activations_dir()
+            })
+            .collect();
+        emh_eval::merge_activations(&parts, &run.activations_dir(), &samples)?;
         run.write_manifest(&manifest)?;
         let (judge_id, metrics) = match manifest.judges.last() {
             Some(j) => {
