@@ -59,7 +59,9 @@ pub struct SampleArgs {
     #[arg(long, short)]
     pub out: PathBuf,
     /// Read the whole spec (condition, questions, judge, thresholds) from a
-    /// TOML or JSON file instead of the options; --out still names the run.
+    /// TOML or JSON file instead of the options (paths in it are relative to
+    /// the working folder; a run's manifest.json holds one under `spec`);
+    /// --out still names the run.
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
     /// Print the spec these options make (TOML) and stop: a starting point

@@ -358,14 +358,15 @@ pub fn sample_group(
         .enumerate()
         .map(|(i, r)| items_of(i, r.questions, r.manifest.spec.condition.sampling.n))
         .collect();
+    if finished.iter().all(Option::is_some) {
+        return Ok(finished.into_iter().flatten().collect());
+    }
     if let Some(part) = part {
         per_run = items_of_part(per_run, part, s.max_new_tokens);
     }
-    for (i, done) in finished.iter().enumerate() {
-        if done.is_some() {
-            per_run[i].clear();
-        }
-    }
+    // Runs already written (a group killed while writing its tables) keep
+    // their items, so the journal's batches still match; only their tables
+    // are left as they are.
     let items = interleave(&per_run);
     std::fs::create_dir_all(journal).map_err(|e| EvalError::io(journal, e))?;
     let mut progress = SampleProgress {
