@@ -144,6 +144,6 @@ pub fn sweep(env: &Env) -> Result<()> {
             .collect();
         writeln!(section, "- n {n}: {}", rounds.join(", "))?;
     }
-    writeln!(section, "\nWhat sharing saves: seven of eight model loads (with process start and hashing, about 1.5 s each here) and, where a condition alone fills less than a batch, the batch occupancy: at n 1 each condition's 16 samples would run as one half-full batch, shared they run as full batches of 32. At n 4 each condition fills its own batches of 32, so only the loads (and less padding, since a shared batch holds one prompt under several conditions) are saved; on 2 cores a batch of 32 is compute-bound, so fuller batches gain less than they would on a GPU, where a decoding step costs about the same at 16 rows as at 32.")?;
+    writeln!(section, "\nWhat sharing saves: seven of eight model loads (with their process starts and hashing) and, where a condition alone fills less than a batch, the batch occupancy: at n 1 each condition's 16 samples would run as one half-full batch, shared they run as full batches of 32. At n 4 each condition fills its own batches of 32, so only the loads (and less padding, since a shared batch holds one prompt under several conditions) are saved; on 2 cores a batch of 32 is compute-bound, so fuller batches gain less than they would on a GPU, where a decoding step costs about the same at 16 rows as at 32.")?;
     write_section(&env.root, header, &section)
 }

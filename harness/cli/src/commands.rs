@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use emh_eval::{load_model, plan_all, Loaded, ModelSpec, Planned, Seeds};
+use emh_eval::{load_model, plan_all, Draws, Loaded, ModelSpec, Planned, Seeds};
 use emh_plugins::Registry;
 use emh_runtime::{HookSet, SamplingParams};
 use emh_text::{ChatTemplate, Tokenizer};
@@ -204,32 +204,26 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         };
         prompts.push((text, (key, ids)));
     }
-    let seeds = match a.sample_seed {
-        Some(s) => Seeds::Exact(s),
-        None => Seeds::Base(a.seed),
+    let draws = Draws {
+        n: a.n as u32,
+        seeds: match a.sample_seed {
+            Some(s) => Seeds::Exact(s),
+            None => Seeds::Base(a.seed),
+        },
+        batch_size: a.batch_size,
     };
     let keyed: Vec<(String, Vec<u32>)> = prompts.iter().map(|p| p.1.clone()).collect();
     if a.warmup_tokens > 0 {
-        let n = a.n as u32;
-        emh_eval::warm_up(&loaded, &keyed, n, a.batch_size, &params, a.warmup_tokens)?;
+        emh_eval::warm_up(&loaded, &keyed, draws, &params, a.warmup_tokens)?;
     }
     let bar = progress((keyed.len() * a.n) as u64, "sampling");
     let started = Instant::now();
     let mut new_tokens = 0usize;
-    let samples = emh_eval::sample_prompts(
-        &loaded,
-        &plans,
-        &keyed,
-        a.n as u32,
-        seeds,
-        a.batch_size,
-        &params,
-        |n| {
-            new_tokens += n;
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("{:.1} tok/s", new_tokens as f64 / secs));
-        },
-    )?;
+    let samples = emh_eval::sample_prompts(&loaded, &plans, &keyed, draws, &params, |n| {
+        new_tokens += n;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{:.1} tok/s", new_tokens as f64 / secs));
+    })?;
     bar.finish();
     let mut out = open_out(&a.out)?;
     for g in &samples {

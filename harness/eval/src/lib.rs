@@ -29,7 +29,7 @@ pub use pipeline::{
 pub use run::RunDir;
 pub use sample::{
     finish_name, question_key, sample_batch, sample_group, sample_prompts, sample_seed, warm_up,
-    Generated, GroupRun, Job, SampleProgress, Seeds,
+    Draws, Generated, GroupRun, Job, SampleProgress, Seeds,
 };
 pub use spec::{
     read_spec, spec_text, Condition, EvalSpec, JudgeSpec, ModelSpec, PluginUse, QuestionSpec,

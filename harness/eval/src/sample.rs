@@ -123,6 +123,15 @@ pub enum Seeds {
     Exact(u64),
 }
 
+/// How many answers [`sample_prompts`] draws per prompt, with which seeds,
+/// in batches of how many sequences.
+#[derive(Debug, Clone, Copy)]
+pub struct Draws {
+    pub n: u32,
+    pub seeds: Seeds,
+    pub batch_size: usize,
+}
+
 /// One sample of [`sample_prompts`].
 pub struct Generated {
     /// Index of its prompt.
@@ -134,11 +143,11 @@ pub struct Generated {
 
 /// The jobs of `n` samples of each prompt, longest prompts first: similar
 /// lengths together waste less compute on padding.
-fn prompt_jobs(prompts: &[(String, Vec<u32>)], n: u32, seeds: Seeds) -> Vec<(usize, u32, Job)> {
+fn prompt_jobs(prompts: &[(String, Vec<u32>)], draws: Draws) -> Vec<(usize, u32, Job)> {
     let mut jobs = Vec::new();
     for (i, (key, ids)) in prompts.iter().enumerate() {
-        for j in 0..n {
-            let seed = match seeds {
+        for j in 0..draws.n {
+            let seed = match draws.seeds {
                 Seeds::Base(base) => sample_seed(base, key, j),
                 Seeds::Exact(s) => s,
             };
@@ -160,14 +169,13 @@ fn prompt_jobs(prompts: &[(String, Vec<u32>)], n: u32, seeds: Seeds) -> Vec<(usi
 pub fn warm_up(
     loaded: &Loaded,
     prompts: &[(String, Vec<u32>)],
-    n: u32,
-    batch_size: usize,
+    draws: Draws,
     params: &SamplingParams,
     tokens: usize,
 ) -> Result<(), EvalError> {
-    let first: Vec<Job> = prompt_jobs(prompts, n, Seeds::Base(0))
+    let first: Vec<Job> = prompt_jobs(prompts, draws)
         .into_iter()
-        .take(batch_size.max(1))
+        .take(draws.batch_size.max(1))
         .map(|j| j.2)
         .collect();
     let warmup = SamplingParams {
@@ -184,15 +192,13 @@ pub fn sample_prompts(
     loaded: &Loaded,
     plans: &[Planned<'_>],
     prompts: &[(String, Vec<u32>)],
-    n: u32,
-    seeds: Seeds,
-    batch_size: usize,
+    draws: Draws,
     params: &SamplingParams,
     mut on_step: impl FnMut(usize),
 ) -> Result<Vec<Generated>, EvalError> {
-    let jobs = prompt_jobs(prompts, n, seeds);
+    let jobs = prompt_jobs(prompts, draws);
     let mut out = Vec::with_capacity(jobs.len());
-    for chunk in jobs.chunks(batch_size.max(1)) {
+    for chunk in jobs.chunks(draws.batch_size.max(1)) {
         let batch: Vec<Job> = chunk.iter().map(|j| j.2.clone()).collect();
         let (outputs, _) = sample_batch(loaded, &[plans], &batch, params, &mut on_step)?;
         for ((i, j, job), output) in chunk.iter().zip(outputs) {

@@ -147,6 +147,25 @@ mod tests {
     }
 
     #[test]
+    fn scores_come_back_from_the_cache_to_the_last_bit() {
+        // A resumed run reads cached judgments beside fresh ones: the two
+        // must be the same numbers, not one ulp apart.
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        for (i, v) in [93.99999999999999, 37.00000000000001, 0.1 + 0.2, 1e-300]
+            .into_iter()
+            .enumerate()
+        {
+            let k = CacheKey::new("m", "e", &format!("p{i}"), &serde_json::json!({}));
+            let mut j = judgment("42");
+            j.score = Some(v);
+            cache.put(&k, &j).unwrap();
+            let back = cache.get(&k).unwrap().unwrap().score.unwrap();
+            assert_eq!(back.to_bits(), v.to_bits(), "{v}");
+        }
+    }
+
+    #[test]
     fn a_damaged_entry_is_an_error_naming_the_file() {
         let tmp = tempfile::tempdir().unwrap();
         let cache = Cache::open(tmp.path()).unwrap();
