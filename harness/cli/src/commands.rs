@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use emh_eval::{load_model, plan_all, Draws, Loaded, ModelSpec, Planned, Seeds};
+use emh_eval::{
+    load_model, plan_all, read_prompts, Draws, Loaded, ModelSpec, Planned, PromptLine,
+    PromptRenderer, Seeds,
+};
 use emh_plugins::Registry;
 use emh_runtime::{HookSet, SamplingParams};
 use emh_text::{ChatTemplate, Tokenizer};
@@ -14,7 +17,6 @@ use serde_json::json;
 
 use crate::plugins::PluginUseArgs;
 use crate::progress::bar as progress;
-use crate::prompts::{read_file, PromptLine, PromptRenderer};
 
 /// Which model to load and where.
 #[derive(Args, Clone)]
@@ -79,7 +81,7 @@ impl PromptArgs {
                 messages: None,
                 system: None,
             }]),
-            (None, Some(file)) => read_file(file),
+            (None, Some(file)) => Ok(read_prompts(file)?),
             (None, None) => bail!("give --prompt or --prompts"),
         }
     }
@@ -286,7 +288,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     let prompts = lines
         .iter()
         .map(|l| renderer.encode(l).map(|(_, ids)| ids))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let (logits, batch) = loaded
         .model
         .logits(&prompts, loaded.tokenizer.pad_id, &mut hooks)?;

@@ -5,7 +5,6 @@ mod eval;
 mod experiment;
 mod plugins;
 mod progress;
-mod prompts;
 
 use clap::{Parser, Subcommand};
 

@@ -1,6 +1,8 @@
 //! Evaluation runs: ask a model the questions of a question set many times,
 //! judge every answer, and summarise, with every stage resumable and every
-//! table traceable through the run's manifest.
+//! table traceable through the run's manifest. Conditions and evaluation
+//! specs are values (`spec`); `run` is the one entry point that runs them,
+//! and `sample` the one sampling loop, shared with `emh generate`.
 
 mod activations;
 mod import;
@@ -9,6 +11,7 @@ mod load;
 mod manifest;
 mod part;
 mod pipeline;
+mod prompts;
 mod run;
 mod sample;
 mod spec;
@@ -26,6 +29,7 @@ pub use pipeline::{
     begin, judge_samples, load_questions, open_judge, rejudge, run, summarise, Observer, Quiet,
     RunOptions, RunSummary,
 };
+pub use prompts::{read_prompts, PromptLine, PromptRenderer};
 pub use run::RunDir;
 pub use sample::{
     finish_name, question_key, sample_batch, sample_group, sample_prompts, sample_seed, warm_up,

@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
 use emh_text::{ChatTemplate, Message, Tokenizer};
 use serde::Deserialize;
+
+use crate::EvalError;
 
 /// One line of a prompts file.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,27 +22,26 @@ pub struct PromptLine {
 }
 
 /// Reads a prompts file, naming the line of any error.
-pub fn read_file(path: &Path) -> Result<Vec<PromptLine>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+pub fn read_prompts(path: &Path) -> Result<Vec<PromptLine>, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let p: PromptLine = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a prompt line", path.display(), i + 1))?;
+        // Named as `file:line`, as compilers and editors read it.
+        let at = |reason: String| {
+            EvalError::io(Path::new(&format!("{}:{}", path.display(), i + 1)), reason)
+        };
+        let p: PromptLine =
+            serde_json::from_str(line).map_err(|e| at(format!("not a prompt line: {e}")))?;
         if p.prompt.is_some() == p.messages.is_some() {
-            bail!(
-                "{}:{}: give exactly one of `prompt` and `messages`",
-                path.display(),
-                i + 1
-            );
+            return Err(at("give exactly one of `prompt` and `messages`".into()));
         }
         out.push(p);
     }
     if out.is_empty() {
-        bail!("{}: no prompts", path.display());
+        return Err(EvalError::io(path, "no prompts"));
     }
     Ok(out)
 }
@@ -57,7 +57,7 @@ pub struct PromptRenderer<'a> {
 
 impl PromptRenderer<'_> {
     /// The text given to the model for a line.
-    pub fn text(&self, p: &PromptLine) -> Result<String> {
+    pub fn text(&self, p: &PromptLine) -> Result<String, EvalError> {
         let messages = match (&p.messages, &p.prompt) {
             (Some(m), _) => m.clone(),
             (None, Some(prompt)) => {
@@ -71,16 +71,24 @@ impl PromptRenderer<'_> {
                 m.push(Message::new("user", prompt));
                 m
             }
-            (None, None) => bail!("prompt line has neither `prompt` nor `messages`"),
+            (None, None) => {
+                return Err(EvalError::Spec {
+                    field: "prompt line".into(),
+                    reason: "it has neither `prompt` nor `messages`".into(),
+                })
+            }
         };
         let Some(template) = self.template else {
-            bail!("`messages` need the chat template; drop --raw");
+            return Err(EvalError::Spec {
+                field: "messages".into(),
+                reason: "a conversation needs the chat template; drop --raw".into(),
+            });
         };
         Ok(template.render(&messages, true)?)
     }
 
     /// Text and token ids for a line.
-    pub fn encode(&self, p: &PromptLine) -> Result<(String, Vec<u32>)> {
+    pub fn encode(&self, p: &PromptLine) -> Result<(String, Vec<u32>), EvalError> {
         let text = self.text(p)?;
         // A rendered template already holds its special tokens as text (as HF
         // `apply_chat_template` does); raw text gets the tokenizer's own, as
