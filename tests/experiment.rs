@@ -283,6 +283,35 @@ plugins = [{ plugin = "no-such-plugin" }]"#;
     }
 }
 
+#[test]
+fn a_checkpoint_folder_is_an_axis_of_models_in_step_order() {
+    let st = setup();
+    let ckpts = st.dir.join("organism");
+    for step in ["checkpoint-40", "checkpoint-5", "checkpoint-300", "notes"] {
+        std::fs::create_dir_all(ckpts.join(step)).unwrap();
+        if step != "notes" {
+            std::fs::write(ckpts.join(step).join("adapter_config.json"), "{}").unwrap();
+        }
+    }
+    let file = spec(&st, "", "seeds = [1, 2]");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "device = \"cpu\"",
+        "device = \"cpu\"\ncheckpoints = \"organism\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = emh_ok(&["experiment", s(&file), "--dry-run"]);
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.to_string()))
+        .collect();
+    let want: Vec<String> = ["5", "40", "300"]
+        .iter()
+        .flat_map(|step| [1, 2].map(|seed| format!("base@checkpoint-{step}__none__seed={seed}")))
+        .collect();
+    assert_eq!(listed, want);
+    assert!(!st.dir.join("runs").exists());
+}
+
 /// Runs `spec` unsharded into `runs-whole` and returns its tables per condition.
 fn whole_run(
     st: &Setup,
