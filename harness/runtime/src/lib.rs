@@ -10,6 +10,7 @@ mod hooks;
 mod host;
 mod lora;
 mod model;
+mod random;
 mod sampling;
 mod score;
 mod weights;
