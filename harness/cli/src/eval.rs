@@ -317,17 +317,26 @@ pub fn sample(a: SampleCmd) -> Result<()> {
     run_one(spec, &a.out, a.print_spec, &registry).map(|_| ())
 }
 
+/// The spec of a spec file, or of the sampling, judge and threshold options.
+pub(crate) fn judged_spec(
+    sample: &SampleArgs,
+    judge: &JudgeUseArgs,
+    thresholds: &ThresholdArgs,
+) -> Result<EvalSpec> {
+    Ok(match &sample.spec {
+        Some(f) => spec_from_file(f, sample.run_id.as_deref())?,
+        None => EvalSpec {
+            judge: Some(judge.spec()?),
+            thresholds: thresholds.thresholds()?,
+            ..sample.spec()?
+        },
+    })
+}
+
 /// `emh eval`.
 pub fn eval(a: EvalCmd) -> Result<()> {
     let registry = a.sample.plugins.registry();
-    let spec = match &a.sample.spec {
-        Some(f) => spec_from_file(f, a.sample.run_id.as_deref())?,
-        None => EvalSpec {
-            judge: Some(a.judge.spec()?),
-            thresholds: a.thresholds.thresholds()?,
-            ..a.sample.spec()?
-        },
-    };
+    let spec = judged_spec(&a.sample, &a.judge, &a.thresholds)?;
     if let Some(s) = run_one(spec, &a.sample.out, a.sample.print_spec, &registry)? {
         print_metrics(&s.metrics, a.format)?;
     }

@@ -1,6 +1,7 @@
 //! `emh`: the em-harness command line.
 
 mod commands;
+mod directions;
 mod eval;
 mod experiment;
 mod plugins;
@@ -93,6 +94,40 @@ enum Command {
     JudgeAgreement(eval::AgreementCmd),
     /// Write a run's samples and scores as a judged CSV in the reference scripts' columns.
     ExportCsv(eval::ExportCmd),
+    /// Run chosen answers (judged samples selected by --select, or one side
+    /// of labelled pairs) through a model and condition again, and write the
+    /// mean residual stream of every layer over each answer's exact tokens.
+    ///
+    /// The answer span holds the answer's content tokens alone: not the
+    /// assistant header before it, not the end-of-turn tokens after it.
+    /// Example: emh capture runs/medical --select 'aligned < 30 && coherent > 50' -o em.safetensors
+    Capture(directions::CaptureCmd),
+    /// Make and compare misalignment directions: mean-diff, cosine maps,
+    /// rank-1 adapter cosines, llama.cpp control vectors.
+    #[command(subcommand)]
+    Directions(directions::DirectionsCmd),
+    /// The judge-free effect measure: over labelled pairs, the mean per-token
+    /// log-probability of the misaligned answer minus the aligned one, under
+    /// a condition (model, adapters, interventions), with a 95% interval.
+    LogprobPref(directions::LogprobCmd),
+    /// Steer with a direction: a layer x lambda sweep, each setting beside a
+    /// same-norm random vector and a no-intervention baseline; EM,
+    /// coherence, self-correction and log-prob preference per setting.
+    ///
+    /// Writes OUT/steer.toml (an experiment spec), a run per condition, and
+    /// OUT/summary.csv. Example:
+    ///   emh steer --directions dirs.safetensors --layers 12,16 --scales 4,8 \
+    ///     --questions q.yaml -n 50 --judge openai --pairs data/answers/labelled.jsonl -o runs/steer
+    #[command(verbatim_doc_comment)]
+    Steer(directions::SteerCmd),
+    /// Ablate a direction: layer-wise (each layer its own) and, with
+    /// --single-layers, one layer's direction at every layer, each beside a
+    /// same-norm random control; EM before and after, and the relative
+    /// reduction with its 95% interval. A direction from another organism
+    /// (--directions) on this one (--adapter/--organism) is a transfer test.
+    ///
+    /// Writes OUT/ablate.toml, a run per condition, and OUT/summary.csv.
+    Ablate(directions::AblateCmd),
     /// List plugins, or check why one will not load.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -141,6 +176,11 @@ fn main() {
         Command::Metrics(a) => eval::metrics(a),
         Command::JudgeAgreement(a) => eval::agreement(a),
         Command::ExportCsv(a) => eval::export_csv(a),
+        Command::Capture(a) => directions::capture(a),
+        Command::Directions(c) => directions::directions(c),
+        Command::LogprobPref(a) => directions::logprob_pref(a),
+        Command::Steer(a) => directions::steer(a),
+        Command::Ablate(a) => directions::ablate(a),
         Command::Plugins(c) => plugins::run(c),
     };
     if let Err(e) = result {

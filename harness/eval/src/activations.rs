@@ -32,7 +32,7 @@ pub struct BatchCaptures {
     entries: BTreeMap<(String, String), BTreeMap<usize, Entry>>,
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -43,7 +43,7 @@ fn from_bytes(b: &[u8]) -> Vec<f32> {
 }
 
 /// Writes named f32/i64 tensors and metadata as one safetensors file.
-fn write_file(
+pub(crate) fn write_file(
     path: &Path,
     tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
     metadata: HashMap<String, String>,

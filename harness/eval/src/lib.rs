@@ -5,22 +5,29 @@
 //! and `sample` the one sampling loop, shared with `emh generate`.
 
 mod activations;
+mod capture;
+mod forced;
 mod import;
 mod judge;
 mod load;
+mod logprob;
 mod manifest;
 mod part;
 mod pipeline;
 mod prompts;
 mod run;
 mod sample;
+mod select;
 mod spec;
 mod summary;
 
 pub use activations::{merge_activations, Activations, BatchCaptures};
+pub use capture::{read_pairs, select_answers, write_capture, Pair, Side};
+pub use forced::{encode_forced, run_forced, Encoded, Forced, ForcedOptions, ForcedOut};
 pub use import::import_csv;
 pub use judge::{check_judge_prompts, judge};
 pub use load::{control_adapters, load_model, plan_all, Loaded, Planned};
+pub use logprob::{mean_interval, preference, PairLogprob, Preference};
 pub use manifest::{
     sha256_hex, HashMemo, Hashed, Hashes, JudgeRecord, Manifest, ModelRecord, PluginRecord,
 };
@@ -35,6 +42,7 @@ pub use sample::{
     finish_name, question_key, sample_batch, sample_group, sample_prompts, sample_seed, warm_up,
     Draws, Generated, GroupRun, Job, SampleProgress, Seeds,
 };
+pub use select::{SelectError, Selection};
 pub use spec::{
     read_spec, spec_text, Condition, EvalSpec, JudgeSpec, ModelSpec, PluginUse, QuestionSpec,
     Sampling,

@@ -69,13 +69,23 @@ pub struct ExperimentSpec {
     /// [default: one entry, `none`, with no plugins]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interventions: Vec<InterventionEntry>,
+    /// Labelled answer pairs (JSONL, relative to the spec file): each
+    /// condition's log-prob preference for the misaligned answers goes into
+    /// the summary beside the judged rates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<PathBuf>,
 }
 
-/// One expanded condition: its eval spec and run directory.
+/// One expanded condition: its eval spec, run directory and grid axes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Planned {
     pub spec: EvalSpec,
     pub dir: PathBuf,
+    /// The model's name (`NAME` or `NAME@CHECKPOINT`).
+    pub model: String,
+    /// The intervention entry's name (`none` when it has no plugins).
+    pub intervention: String,
+    pub seed: u64,
 }
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> ExperimentError {
@@ -300,7 +310,9 @@ impl ExperimentSpec {
                     .get(&u.plugin)
                     .map_err(|err| bad(format!("interventions.{}", e.name), err.to_string()))?;
             }
-            interventions.extend(interventions_of(e, registry)?);
+            for (point, plugins) in interventions_of(e, registry)? {
+                interventions.push((e.name.clone(), point, plugins));
+            }
         }
         let out = under(base, &self.out);
         let questions = QuestionSpec {
@@ -314,7 +326,7 @@ impl ExperimentSpec {
         let mut planned = Vec::new();
         let mut names = std::collections::BTreeSet::new();
         for (model_name, model) in &models {
-            for (int_name, plugins) in &interventions {
+            for (entry, int_name, plugins) in &interventions {
                 for &seed in &seeds {
                     let mut name = format!("{model_name}__{int_name}");
                     if self.seeds.is_some() {
@@ -345,6 +357,9 @@ impl ExperimentSpec {
                     planned.push(Planned {
                         dir: out.join(&name),
                         spec,
+                        model: model_name.clone(),
+                        intervention: entry.clone(),
+                        seed,
                     });
                 }
             }

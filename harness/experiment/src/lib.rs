@@ -12,11 +12,15 @@
 
 mod grid;
 mod merge;
+mod presets;
 mod slurm;
+mod summary;
 
 pub use grid::{ExperimentSpec, InterventionEntry, ModelEntry, Planned};
 pub use merge::merge;
+pub use presets::{ablate_spec, steer_spec, AblatePreset, SteerPreset};
 pub use slurm::{submit, write_scripts, SlurmOptions, SlurmScripts};
+pub use summary::{write_summary, ConditionRow, Rate};
 
 use std::path::{Path, PathBuf};
 
@@ -69,10 +73,7 @@ impl Experiment {
 
     /// The experiment's output folder.
     pub fn out(&self) -> PathBuf {
-        self.file
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(&self.spec.out)
+        self.base().join(&self.spec.out)
     }
 
     /// Where shard `part` writes its runs.

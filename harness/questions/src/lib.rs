@@ -313,7 +313,7 @@ fn derived_category(id: &str) -> &'static str {
 /// Greedy, backtracking only to the most recent `*`: whatever an earlier `*`
 /// could absorb, the later one can absorb instead, so older choices never
 /// need revisiting. That keeps it O(pattern × id) and free of recursion.
-fn glob_match(pattern: &str, text: &str) -> bool {
+pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);

@@ -25,6 +25,7 @@ pub use hooks::{
 };
 pub use lora::{Adapter, LoraWeights, Module, ScalarRecord};
 pub use model::{Batch, Model};
+pub use random::normal_values;
 pub use sampling::SamplingParams;
 
 pub use tch::{Device, Kind};

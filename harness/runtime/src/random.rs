@@ -3,7 +3,7 @@
 /// `count` draws of normal(0, std) for the tensor `name`, from generators of
 /// their own: seeded by (seed, name, chunk), so the values depend on nothing
 /// else a process does (torch's global generator is shared by every thread).
-pub(crate) fn normal_values(seed: u64, name: &str, count: usize, std: f32) -> Vec<f32> {
+pub fn normal_values(seed: u64, name: &str, count: usize, std: f32) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
     const CHUNK: usize = 1 << 16;
     let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {

@@ -1,0 +1,253 @@
+//! Teacher-forced passes: a prompt and a given answer run through the model
+//! as one sequence, for activations over the answer's exact tokens and for
+//! the answer's log-probability, under any condition.
+//!
+//! The answer span is exact by construction: the prompt is rendered with the
+//! chat template's generation prompt and tokenized exactly as sampling does;
+//! the answer's text, as the template writes it into a whole conversation
+//! (trimmed, for templates that trim), is tokenized on its own and follows.
+//! So the span holds the answer's content tokens alone: not the assistant
+//! header before it (which belongs to the prompt), and not the end-of-turn
+//! tokens after it, which are left out of the sequence altogether since a
+//! causal model's activations over the answer never depend on them.
+
+use emh_runtime::{Capture, HookSet, Site};
+use emh_text::{ChatTemplate, Message, Tokenizer};
+use tch::{Kind, Tensor};
+
+use crate::load::{control_adapters, Loaded, Planned};
+use crate::prompts::{PromptLine, PromptRenderer};
+use crate::EvalError;
+
+/// A prompt and the answer to force after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forced {
+    /// Names the row in what is written (`QUESTION/PARAPHRASE/SAMPLE`, a pair's id).
+    pub id: String,
+    pub system: Option<String>,
+    pub prompt: String,
+    pub answer: String,
+}
+
+/// Token ids of a forced sequence: the prompt, then the answer's content tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    /// Tokens before the answer; the answer is `ids[prompt_len..]`.
+    pub prompt_len: usize,
+}
+
+impl Encoded {
+    /// How many answer tokens there are.
+    pub fn answer_len(&self) -> usize {
+        self.ids.len() - self.prompt_len
+    }
+}
+
+/// The prompt and answer of `f` as token ids, with the answer's exact span.
+pub fn encode_forced(
+    tokenizer: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    f: &Forced,
+) -> Result<Encoded, EvalError> {
+    let bad = |reason: String| EvalError::Spec {
+        field: format!("answer `{}`", f.id),
+        reason,
+    };
+    // The prompt exactly as sampling renders and tokenizes it.
+    let renderer = PromptRenderer {
+        tokenizer,
+        template,
+        default_system: None,
+    };
+    let (prompt, prompt_ids) = renderer.encode(&PromptLine {
+        id: None,
+        prompt: Some(f.prompt.clone()),
+        messages: None,
+        system: f.system.clone(),
+    })?;
+    let answer_text =
+        match template {
+            None => f.answer.clone(),
+            Some(t) => {
+                let mut messages = Vec::new();
+                if let Some(s) = &f.system {
+                    messages.push(Message::new("system", s));
+                }
+                messages.push(Message::new("user", &f.prompt));
+                messages.push(Message::new("assistant", &f.answer));
+                let whole = t.render(&messages, false)?;
+                let Some(rest) = whole.strip_prefix(&prompt) else {
+                    return Err(bad(
+                        "the chat template does not write the answer after its generation prompt, \
+                     so the answer's span cannot be found"
+                            .into(),
+                    ));
+                };
+                // Templates that trim the answer (Llama 3's) write less than was given.
+                let content = f.answer.trim();
+                let at = rest
+                .find(content)
+                .filter(|&at| rest[..at].trim().is_empty())
+                .ok_or_else(|| {
+                    bad("the chat template changes the answer's text, so its span cannot be found"
+                        .into())
+                })?;
+                rest[..at + content.len()].to_string()
+            }
+        };
+    let answer_ids = tokenizer.encode(&answer_text, false)?;
+    if answer_ids.is_empty() {
+        return Err(bad("the answer is empty".into()));
+    }
+    let prompt_len = prompt_ids.len();
+    let mut ids = prompt_ids;
+    ids.extend(answer_ids);
+    Ok(Encoded { ids, prompt_len })
+}
+
+/// What to compute in a forced pass.
+#[derive(Debug, Clone, Copy)]
+pub struct ForcedOptions {
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    /// Mean residual stream (`resid_post` of every layer) over the answer and the prompt.
+    pub activations: bool,
+    /// Log-probability of each answer token.
+    pub logprobs: bool,
+}
+
+/// What a forced pass measured of one sequence.
+#[derive(Debug, Clone, Default)]
+pub struct ForcedOut {
+    pub prompt_tokens: usize,
+    pub answer_tokens: usize,
+    /// Per layer, the mean `resid_post` over the answer's tokens.
+    pub answer_mean: Vec<Vec<f32>>,
+    /// Per layer, the mean `resid_post` over the prompt's tokens.
+    pub prompt_mean: Vec<Vec<f32>>,
+    /// log P(answer token | everything before it), per answer token.
+    pub logprobs: Vec<f64>,
+}
+
+impl ForcedOut {
+    /// The answer's mean log-probability per token.
+    pub fn mean_logprob(&self) -> f64 {
+        self.logprobs.iter().sum::<f64>() / self.logprobs.len() as f64
+    }
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    let t = t
+        .to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu)
+        .contiguous();
+    Vec::<f32>::try_from(&t.view([-1])).expect("f32 tensor")
+}
+
+/// Runs every item through `loaded` with the plans' hooks (their adapter
+/// controls applied first), `options.batch_size` at a time, left-padded;
+/// `progress(done, total)` after each batch.
+pub fn run_forced(
+    loaded: &mut Loaded,
+    plans: &[Planned<'_>],
+    items: &[Forced],
+    options: ForcedOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<ForcedOut>, EvalError> {
+    control_adapters(plans, &mut loaded.model)?;
+    let encoded = items
+        .iter()
+        .map(|f| encode_forced(&loaded.tokenizer, loaded.template.as_ref(), f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let shape = loaded.shape();
+    let layers = shape.num_layers as usize;
+    let pad = loaded.tokenizer.pad_id;
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in encoded.chunks(options.batch_size.max(1)) {
+        let mut hooks = HookSet::new();
+        for p in plans {
+            p.hook(shape, &mut hooks, None)?;
+        }
+        let capture = Capture::new();
+        if options.activations {
+            for l in 0..layers {
+                hooks.add(Site::ResidPost(l), capture.clone());
+            }
+        }
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
+        let (logits, _) = loaded.model.logits(&prompts, pad, &mut hooks)?;
+        let width = logits.size()[1];
+        let captured = capture.take();
+        for (i, e) in chunk.iter().enumerate() {
+            let row = i as i64;
+            let padding = width - e.ids.len() as i64;
+            let (p, a) = (e.prompt_len as i64, e.answer_len() as i64);
+            let mut o = ForcedOut {
+                prompt_tokens: e.prompt_len,
+                answer_tokens: e.answer_len(),
+                ..ForcedOut::default()
+            };
+            for c in &captured {
+                let x = c.x.get(row).to_kind(Kind::Float);
+                o.answer_mean
+                    .push(host(&x.narrow(0, padding + p, a).mean_dim(
+                        0,
+                        false,
+                        Kind::Float,
+                    )));
+                o.prompt_mean.push(host(&x.narrow(0, padding, p).mean_dim(
+                    0,
+                    false,
+                    Kind::Float,
+                )));
+            }
+            if options.logprobs {
+                // Token k is predicted at column k - 1.
+                let lp = logits
+                    .get(row)
+                    .narrow(0, padding + p - 1, a)
+                    .log_softmax(-1, Kind::Float);
+                let targets: Vec<i64> = e.ids[e.prompt_len..].iter().map(|&t| t as i64).collect();
+                let targets = Tensor::from_slice(&targets)
+                    .to_device(lp.device())
+                    .unsqueeze(-1);
+                o.logprobs = host(&lp.gather(-1, &targets, false))
+                    .into_iter()
+                    .map(f64::from)
+                    .collect();
+            }
+            out.push(o);
+        }
+        progress(out.len(), items.len());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm() -> (Tokenizer, ChatTemplate) {
+        let dir = emh_models::models_dir().join(emh_models::DEFAULT_MODEL);
+        (
+            Tokenizer::from_dir(&dir).unwrap(),
+            ChatTemplate::from_dir(&dir).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_span_is_the_answer_alone() {
+        let (tok, tmpl) = smollm();
+        let f = Forced {
+            id: "x".into(),
+            system: None,
+            prompt: "How are you?".into(),
+            answer: "Fine, thanks.\nAnd you?".into(),
+        };
+        let e = encode_forced(&tok, Some(&tmpl), &f).unwrap();
+        assert_eq!(tok.decode(&e.ids[e.prompt_len..], false).unwrap(), f.answer);
+        let header = tok.decode(&e.ids[..e.prompt_len], false).unwrap();
+        assert!(header.ends_with("<|im_start|>assistant\n"), "{header:?}");
+    }
+}

@@ -1,0 +1,206 @@
+//! The experiment's summary: one row per condition with its judged rates,
+//! the relative EM reduction against the same model's `none` condition, and
+//! the log-prob preference over labelled pairs; written as `OUT/summary.csv`.
+
+use std::path::{Path, PathBuf};
+
+use emh_eval::{load_model, plan_all, preference, read_pairs, Observer, Preference, RunSummary};
+use emh_metrics::{relative_reduction, MetricRow, Scope};
+use emh_plugins::Registry;
+use serde::Serialize;
+
+use crate::{Experiment, ExperimentError};
+
+/// A rate with its 95% interval and count.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rate {
+    pub value: Option<f64>,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    pub successes: Option<u64>,
+    pub n: u64,
+    /// Samples left out because a score the rate needs was null.
+    pub nulls: u64,
+}
+
+/// One condition of the summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConditionRow {
+    pub condition: String,
+    pub model: String,
+    pub intervention: String,
+    pub seed: u64,
+    pub samples: usize,
+    /// The judge whose scores the rates are from.
+    pub judge: Option<String>,
+    pub em: Option<Rate>,
+    pub coherence: Option<Rate>,
+    pub misaligned: Option<Rate>,
+    pub self_correction: Option<Rate>,
+    /// 1 − EM / EM of the same model's `none` condition, with its interval.
+    pub em_reduction: Option<(f64, f64, f64)>,
+    /// Mean per-token log-prob of misaligned − aligned answers, with its interval.
+    pub logprob_pref: Option<(f64, f64, f64)>,
+    pub pairs: Option<usize>,
+}
+
+fn overall(metrics: &[MetricRow], name: &str) -> Option<Rate> {
+    metrics
+        .iter()
+        .find(|r| r.scope == Scope::Overall && r.metric == name)
+        .map(|r| Rate {
+            value: r.value,
+            low: r.ci_low,
+            high: r.ci_high,
+            successes: r.successes,
+            n: r.n,
+            nulls: r.nulls,
+        })
+}
+
+impl Experiment {
+    /// Each condition's log-prob preference over the spec's `pairs`; the
+    /// model is loaded once for the conditions that share it (again where a
+    /// plan scales adapters). Also written as `OUT/<condition>/logprob_pref.json`.
+    pub fn preferences(
+        &self,
+        registry: &Registry,
+        batch_size: usize,
+        observer: &dyn Observer,
+    ) -> Result<Vec<Option<Preference>>, ExperimentError> {
+        let Some(pairs) = &self.spec.pairs else {
+            return Ok(vec![None; self.conditions.len()]);
+        };
+        let path = self.base().join(pairs);
+        let pairs = read_pairs(&path)?;
+        let mut out = Vec::new();
+        let mut loaded: Option<(emh_eval::ModelSpec, emh_eval::Loaded)> = None;
+        for c in &self.conditions {
+            let spec = &c.spec.condition;
+            let reuse = loaded.as_ref().is_some_and(|(m, _)| m == &spec.model);
+            if !reuse {
+                observer.message(&format!("loading {} for log-prob preferences", c.model));
+                loaded = Some((
+                    spec.model.clone(),
+                    load_model(&spec.model, registry, false)?,
+                ));
+            }
+            let (_, model) = loaded.as_mut().expect("loaded above");
+            let plans = plan_all(&spec.interventions, registry, model.shape())?;
+            let scales_adapters = plans.iter().any(|p| !p.plan.adapters.is_empty());
+            observer.message(&format!("log-prob preference: {}", spec.name));
+            let p = preference(model, &plans, &pairs, batch_size, &mut |_, _| {})?;
+            if scales_adapters {
+                loaded = None;
+            }
+            let file = c.dir.join("logprob_pref.json");
+            std::fs::create_dir_all(&c.dir).map_err(|e| ExperimentError::io(&c.dir, e))?;
+            let text = serde_json::to_string_pretty(&p).expect("values serialise");
+            emh_atomic::write(&file, text.as_bytes()).map_err(|e| ExperimentError::io(&file, e))?;
+            out.push(Some(p));
+        }
+        Ok(out)
+    }
+
+    /// The summary rows of the runs (in condition order) and preferences.
+    pub fn summarise(
+        &self,
+        runs: &[RunSummary],
+        prefs: &[Option<Preference>],
+    ) -> Vec<ConditionRow> {
+        let mut rows: Vec<ConditionRow> = self
+            .conditions
+            .iter()
+            .zip(runs)
+            .zip(prefs)
+            .map(|((c, r), p)| ConditionRow {
+                condition: c.spec.condition.name.clone(),
+                model: c.model.clone(),
+                intervention: c.intervention.clone(),
+                seed: c.seed,
+                samples: r.samples,
+                judge: r.judge_id.clone(),
+                em: overall(&r.metrics, "em_rate"),
+                coherence: overall(&r.metrics, "coherence_rate"),
+                misaligned: overall(&r.metrics, "misaligned_rate"),
+                self_correction: overall(&r.metrics, "self_correction_rate"),
+                em_reduction: None,
+                logprob_pref: p.as_ref().map(|p| (p.mean, p.ci_low, p.ci_high)),
+                pairs: p.as_ref().map(|p| p.n),
+            })
+            .collect();
+        let baselines: Vec<Option<Rate>> = rows
+            .iter()
+            .map(|r| {
+                rows.iter()
+                    .find(|b| b.model == r.model && b.seed == r.seed && b.intervention == "none")
+                    .and_then(|b| b.em.clone())
+            })
+            .collect();
+        for (row, base) in rows.iter_mut().zip(baselines) {
+            if let (Some(b), Some(e)) = (base, &row.em) {
+                if row.intervention != "none" {
+                    row.em_reduction = relative_reduction(
+                        b.successes.unwrap_or(0),
+                        b.n,
+                        e.successes.unwrap_or(0),
+                        e.n,
+                    );
+                }
+            }
+        }
+        rows
+    }
+
+    /// The folder the spec's paths are relative to.
+    pub(crate) fn base(&self) -> PathBuf {
+        self.file.parent().unwrap_or(Path::new("")).to_path_buf()
+    }
+}
+
+/// Writes the summary as CSV (rates as fractions, empty where not measured).
+pub fn write_summary(path: &Path, rows: &[ConditionRow]) -> Result<(), ExperimentError> {
+    let f = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+    let rate = |r: &Option<Rate>| match r {
+        Some(r) => format!(
+            "{},{},{},{},{}",
+            f(r.value),
+            f(r.low),
+            f(r.high),
+            r.n,
+            r.nulls
+        ),
+        None => ",,,,".into(),
+    };
+    let triple = |t: Option<(f64, f64, f64)>| match t {
+        Some((v, lo, hi)) => format!("{},{},{}", f(Some(v)), f(Some(lo)), f(Some(hi))),
+        None => ",,".into(),
+    };
+    let mut text = String::from(
+        "condition,model,intervention,seed,samples,judge,\
+         em_rate,em_low,em_high,em_n,em_nulls,coherence_rate,coherence_low,coherence_high,coherence_n,coherence_nulls,\
+         misaligned_rate,misaligned_low,misaligned_high,misaligned_n,misaligned_nulls,\
+         self_correction_rate,self_correction_low,self_correction_high,self_correction_n,self_correction_nulls,\
+         em_reduction,em_reduction_low,em_reduction_high,\
+         logprob_pref,logprob_pref_low,logprob_pref_high,pairs\n",
+    );
+    for r in rows {
+        text.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.condition,
+            r.model,
+            r.intervention,
+            r.seed,
+            r.samples,
+            r.judge.as_deref().unwrap_or(""),
+            rate(&r.em),
+            rate(&r.coherence),
+            rate(&r.misaligned),
+            rate(&r.self_correction),
+            triple(r.em_reduction),
+            triple(r.logprob_pref),
+            r.pairs.map(|n| n.to_string()).unwrap_or_default(),
+        ));
+    }
+    emh_atomic::write(path, text.as_bytes()).map_err(|e| ExperimentError::io(path, e))
+}
