@@ -560,3 +560,75 @@ fn steer_and_ablate_presets_run_end_to_end_with_the_local_judge() {
         "no reduction for the baseline itself"
     );
 }
+
+#[test]
+fn a_capture_under_an_intervention_differs_from_the_layer_it_acts_at() {
+    let sh = shared();
+    let pairs = sh.dir.join("four.jsonl");
+    let text = std::fs::read_to_string(&sh.test_pairs).unwrap();
+    std::fs::write(
+        &pairs,
+        text.lines()
+            .take(4)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let capture = |name: &str, extra: &[&str]| {
+        let out = sh.dir.join(format!("{name}.safetensors"));
+        let mut args = vec![
+            "capture",
+            "--pairs",
+            s(&pairs),
+            "--side",
+            "misaligned",
+            "--device",
+            "cpu",
+            "-o",
+            s(&out),
+        ];
+        args.extend(extra);
+        emh_ok(&args);
+        std::fs::read(out).unwrap()
+    };
+    let plain = capture("plain", &[]);
+    let dirs = s(&sh.dirs).to_string();
+    let steer = format!(r#"steering={{"directions": "{dirs}", "layers": [{LAYER}], "scale": 4}}"#);
+    let steered = capture("steered", &["--intervention", &steer]);
+    let (p, q) = (
+        safetensors::SafeTensors::deserialize(&plain).unwrap(),
+        safetensors::SafeTensors::deserialize(&steered).unwrap(),
+    );
+    let same = |l: usize| {
+        let name = format!("resid_post.{l}.answer_mean");
+        p.tensor(&name).unwrap().data() == q.tensor(&name).unwrap().data()
+    };
+    assert!(
+        (0..LAYER).all(same),
+        "layers before the steered one see no change"
+    );
+    assert!(
+        (LAYER..30).all(|l| !same(l)),
+        "the steered layer and those after it do"
+    );
+    // Spans that follow the sampling phases are refused: prompt and answer
+    // go through as one pass.
+    let answer_only = format!(
+        r#"steering={{"directions": "{dirs}", "layers": [{LAYER}], "scale": 4, "where": "answer"}}"#
+    );
+    let out = emh(&[
+        "logprob-pref",
+        "--pairs",
+        s(&pairs),
+        "--device",
+        "cpu",
+        "--intervention",
+        &answer_only,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("teacher-forced") && err.contains("answer tokens"),
+        "{err}"
+    );
+}

@@ -129,14 +129,23 @@ pub fn run(a: ExperimentCmd) -> Result<()> {
         return Ok(());
     }
     let part = a.shard.as_deref().map(Part::parse).transpose()?;
-    let summaries = x.run(&registry, part, &Bars::default())?;
+    let bars = Bars::default();
+    let summaries = x.run(&registry, part, &bars)?;
     match part {
         Some(p) => eprintln!(
             "shard {p} done in {}; `emh merge {}` once every shard is",
             x.shard_dir(p).display(),
             x.out().display()
         ),
-        None => print_summary(&summaries),
+        None => {
+            let batch = x.spec.sampling.batch_size;
+            let prefs = x.preferences(&registry, batch, &bars)?;
+            let rows = x.summarise(&summaries, &prefs);
+            let path = x.out().join("summary.csv");
+            emh_experiment::write_summary(&path, &rows)?;
+            crate::directions::print_rows(&rows);
+            eprintln!("summary: {}", path.display());
+        }
     }
     Ok(())
 }

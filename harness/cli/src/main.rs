@@ -49,6 +49,7 @@ enum Command {
     ///   out = "runs/steering"
     ///   questions = { file = "questions/general.yaml", select = "wish,bored" }
     ///   seeds = [0, 1]                       # optional: one grid per seed
+    ///   pairs = "data/answers/labelled.jsonl" # optional: log-prob preference per condition
     ///   [sampling]
     ///   n = 50
     ///   max_new_tokens = 600
@@ -72,6 +73,10 @@ enum Command {
     ///   name = "random"
     ///   plugins = [{ plugin = "random-control", config = { mode = "steering", directions = "dirs.safetensors", layers = [24], seed = 1 } }]
     ///   sweep = { scale = [2, 4, 8] }
+    ///
+    /// OUT/summary.csv gets one row per condition: EM, coherence,
+    /// misalignment and self-correction rates, the EM reduction against the
+    /// model's `none` condition, and the log-prob preference.
     ///
     /// On a cluster: `--slurm --submit` writes and submits a job array (one
     /// shard per task, `--shard auto`) and a merge job after it.

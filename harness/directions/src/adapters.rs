@@ -90,3 +90,78 @@ pub fn adapter_cosines(
     out.sort_by_key(|c| c.layer);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::{Dtype, TensorView};
+
+    #[test]
+    fn each_rank1_b_vector_meets_the_direction_at_its_layer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let set = DirectionSet {
+            directions: vec![
+                vec![1.0, 0.0, 0.0],
+                vec![0.0, 1.0, 0.0],
+                vec![0.0, 0.0, 1.0],
+            ],
+            metadata: Default::default(),
+        };
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (down, o, a, wide) = (
+            bytes(&[0.0, 2.0, 0.0]),
+            bytes(&[1.0, 1.0, 0.0]),
+            bytes(&[5.0, 5.0, 5.0, 5.0]),
+            bytes(&[1.0; 6]),
+        );
+        let p = "base_model.model.model.layers";
+        let tensors = vec![
+            (
+                format!("{p}.1.mlp.down_proj.lora_B.weight"),
+                vec![3, 1],
+                &down,
+            ),
+            (
+                format!("{p}.2.self_attn.o_proj.lora_B.weight"),
+                vec![3, 1],
+                &o,
+            ),
+            (
+                format!("{p}.2.self_attn.o_proj.lora_A.weight"),
+                vec![1, 4],
+                &a,
+            ),
+            // Rank 2: not a single vector.
+            (
+                format!("{p}.0.mlp.down_proj.lora_B.weight"),
+                vec![3, 2],
+                &wide,
+            ),
+        ];
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(
+            tmp.path().join("adapter_model.safetensors"),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+        let c = adapter_cosines(tmp.path(), &set).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0].layer, c[0].module.as_str(), c[0].cosine),
+            (1, "down_proj", 1.0)
+        );
+        assert_eq!((c[1].layer, c[1].module.as_str()), (2, "o_proj"));
+        assert!(
+            c[1].cosine.abs() < 1e-12,
+            "B along x and y, the direction along z"
+        );
+    }
+}

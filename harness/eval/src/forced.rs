@@ -11,6 +11,7 @@
 //! tokens after it, which are left out of the sequence altogether since a
 //! causal model's activations over the answer never depend on them.
 
+use emh_plugin_api::Where;
 use emh_runtime::{Capture, HookSet, Site};
 use emh_text::{ChatTemplate, Message, Tokenizer};
 use tch::{Kind, Tensor};
@@ -137,6 +138,14 @@ impl ForcedOut {
     }
 }
 
+fn where_name(w: &Where) -> &'static str {
+    match w {
+        Where::Prompt => "prompt",
+        Where::Answer => "answer",
+        _ => "last",
+    }
+}
+
 fn host(t: &Tensor) -> Vec<f32> {
     let t = t
         .to_kind(Kind::Float)
@@ -155,6 +164,25 @@ pub fn run_forced(
     options: ForcedOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<ForcedOut>, EvalError> {
+    // Prompt and answer go through as one prefill, so spans that follow the
+    // sampling phases would act on other tokens than they do in sampling.
+    for p in plans {
+        if let Some(step) = p
+            .plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.at, Where::Prompt | Where::Answer | Where::Last))
+        {
+            return Err(EvalError::Spec {
+                field: format!("intervention `{}`", p.plugin.name),
+                reason: format!(
+                    "it acts on {} tokens at layer {}, which a teacher-forced pass (prompt and answer in one pass) cannot tell apart as sampling does; use `where = \"all\"` or token positions",
+                    where_name(&step.at),
+                    step.layer
+                ),
+            });
+        }
+    }
     control_adapters(plans, &mut loaded.model)?;
     let encoded = items
         .iter()
