@@ -115,7 +115,7 @@ mod tests {
             bytes(&[1.0; 6]),
         );
         let p = "base_model.model.model.layers";
-        let tensors = vec![
+        let tensors = [
             (
                 format!("{p}.1.mlp.down_proj.lora_B.weight"),
                 vec![3, 1],
