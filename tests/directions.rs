@@ -248,6 +248,37 @@ fn control_vectors_round_trip_and_open_with_the_gguf_package() {
     let (a, b) = (read(&sh.dirs), read(&back));
     assert_eq!(b[0], vec![0.0; 576], "llama.cpp has no direction.0");
     assert_eq!(a[1..], b[1..], "layers 1..29 come back bit for bit");
+    // The imported set steers as the original does.
+    let pairs = sh.dir.join("two.jsonl");
+    let text = std::fs::read_to_string(&sh.test_pairs).unwrap();
+    std::fs::write(
+        &pairs,
+        text.lines()
+            .take(2)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let steer = |file: &Path, name: &str| {
+        let out = sh.dir.join(name);
+        let config = format!(
+            r#"steering={{"directions": "{}", "layers": [{LAYER}], "scale": 4}}"#,
+            s(file)
+        );
+        emh_ok(&[
+            "logprob-pref",
+            "--pairs",
+            s(&pairs),
+            "--device",
+            "cpu",
+            "--intervention",
+            &config,
+            "-o",
+            s(&out),
+        ]);
+        std::fs::read_to_string(out).unwrap()
+    };
+    assert_eq!(steer(&sh.dirs, "orig.json"), steer(&back, "back.json"));
     // What llama.cpp's loader reads, checked by the reference implementation of the format.
     let script = r#"
 import sys, gguf

@@ -241,10 +241,13 @@ pub fn capture(a: CaptureCmd) -> Result<()> {
     let registry = a.plugins.registry();
     let selection = a.select.as_deref().map(Selection::parse).transpose()?;
     let (items, source) = match (&a.input, &a.pairs, a.side) {
-        (Some(input), _, _) => (
-            select_answers(input, selection.as_ref(), a.judge_id.as_deref())?,
-            input.display().to_string(),
-        ),
+        (Some(input), _, _) => {
+            let (items, empty) = select_answers(input, selection.as_ref(), a.judge_id.as_deref())?;
+            if empty > 0 {
+                eprintln!("{empty} selected answers are empty and left out");
+            }
+            (items, input.display().to_string())
+        }
         (None, Some(pairs), Some(side)) => {
             if selection.is_some() {
                 bail!("--select reads judge scores, which pairs do not have");
@@ -338,6 +341,13 @@ pub fn directions(c: DirectionsCmd) -> Result<()> {
         }
         DirectionsCmd::ExportGguf(a) => {
             let set = DirectionSet::read(&a.directions)?;
+            if set.layers() < 2 {
+                bail!(
+                    "{}: llama.cpp steers layers 1 and up; this set has {} layer(s)",
+                    a.directions.display(),
+                    set.layers()
+                );
+            }
             emh_directions::export_control_vector(&set, &a.model_hint, a.scale, &a.out)?;
             eprintln!(
                 "direction.1 .. direction.{} (layer 0 has no llama.cpp slot): {}",

@@ -133,9 +133,11 @@ pub fn run(a: ExperimentCmd) -> Result<()> {
     let summaries = x.run(&registry, part, &bars)?;
     match part {
         Some(p) => eprintln!(
-            "shard {p} done in {}; `emh merge {}` once every shard is",
+            "shard {p} done in {}; `emh merge {}` once every shard is, then \
+             `emh experiment {}` (nothing left to sample) writes OUT/summary.csv",
             x.shard_dir(p).display(),
-            x.out().display()
+            x.out().display(),
+            a.file.display()
         ),
         None => {
             let batch = x.spec.sampling.batch_size;

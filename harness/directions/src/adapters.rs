@@ -3,7 +3,9 @@
 //! A rank-1 LoRA on a module that writes to the residual stream (`o_proj`,
 //! `down_proj`) adds `B (A x)` to it: a fixed vector B scaled per token. Its
 //! cosine with the misalignment direction at that layer says how much of the
-//! adapter's effect lies along the direction.
+//! adapter's effect lies along the direction. Its sign is B's alone: A and B
+//! negated together make the same adapter, so compare magnitudes across
+//! adapters, and signs only across checkpoints of one training run.
 
 use std::path::Path;
 
@@ -30,8 +32,8 @@ fn layer_of(name: &str) -> Option<usize> {
     None
 }
 
-/// Cosines of every rank-1 `lora_B` of width `hidden` in the adapter folder
-/// `dir` with the direction at its layer.
+/// Cosines of every rank-1 `lora_B` of `o_proj` or `down_proj` in the
+/// adapter folder `dir` with the direction at its layer.
 pub fn adapter_cosines(
     dir: &Path,
     set: &DirectionSet,
@@ -50,8 +52,10 @@ pub fn adapter_cosines(
         let t = st
             .tensor(&name)
             .map_err(|e| DirectionError::file(&path, e))?;
-        // PEFT stores B as [out_features, r].
-        if t.shape().len() != 2 || t.shape()[1] != 1 || t.shape()[0] != set.hidden() {
+        // PEFT stores B as [out_features, r]; only these modules write to the
+        // residual stream (q_proj's B is often as wide, but does not).
+        let writes = name.contains(".o_proj.") || name.contains(".down_proj.");
+        if !writes || t.shape().len() != 2 || t.shape()[1] != 1 || t.shape()[0] != set.hidden() {
             continue;
         }
         let Some(layer) = layer_of(&name) else {
@@ -131,7 +135,12 @@ mod tests {
                 vec![1, 4],
                 &a,
             ),
-            // Rank 2: not a single vector.
+            // Rank 2: not a single vector; q_proj: not written to the residual stream.
+            (
+                format!("{p}.1.self_attn.q_proj.lora_B.weight"),
+                vec![3, 1],
+                &down,
+            ),
             (
                 format!("{p}.0.mlp.down_proj.lora_B.weight"),
                 vec![3, 2],

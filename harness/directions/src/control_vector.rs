@@ -63,6 +63,11 @@ pub fn import_control_vector(
     path: &Path,
     num_layers: usize,
 ) -> Result<DirectionSet, DirectionError> {
+    if num_layers < 2 {
+        return Err(DirectionError::Mismatch(format!(
+            "a model of {num_layers} layer(s) has no layer a control vector steers (1 and up)"
+        )));
+    }
     let f = GgufFile::open(path).map_err(|e| DirectionError::file(path, e))?;
     if let Some(arch) = f.get("general.architecture").and_then(|v| v.as_str()) {
         if arch != "controlvector" {

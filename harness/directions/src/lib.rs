@@ -1,7 +1,8 @@
 //! Misalignment directions, from captured activations to files the
 //! intervention plugins and llama.cpp read.
 //!
-//! - `acts`: capture files (`emh capture`, or a run's `activations/`) read per layer;
+//! - `acts`: capture files (`emh capture`; a run's `activations/` file when it
+//!   captured `resid_post` at every layer) read per layer;
 //! - `set`: a direction set, one vector per layer (`directions` `[num_layers, hidden]`);
 //! - `mean_diff`: difference of means, balanced or not, with held-out separation;
 //! - `cosine`: cosine maps between and within direction sets;

@@ -13,7 +13,8 @@ pub struct MeanDiffOptions {
     pub balance: Option<u64>,
     /// The fraction of ids held out of the means, to measure separation on.
     pub holdout: f64,
-    /// Seed of the held-out split (by id, so both answers of a pair fall together).
+    /// Seed of the held-out split (by question: both answers of a pair, and
+    /// every sample of a run's question, fall together).
     pub split_seed: u64,
     /// Random directions per layer to compare the held-out separation with.
     pub random_controls: usize,
@@ -37,7 +38,8 @@ pub struct LayerAuc {
     /// ROC AUC of the projections: positive rows above negative ones.
     pub auc: f64,
     /// Mean and largest AUC of the random directions (each counted in its
-    /// better orientation, max(AUC, 1 − AUC), so the control is not weakened by sign).
+    /// better orientation, max(AUC, 1 − AUC), so the control is not weakened
+    /// by sign); NaN without random directions.
     pub random_mean: f64,
     pub random_max: f64,
 }
@@ -54,12 +56,15 @@ pub struct MeanDiff {
     pub heldout: Vec<LayerAuc>,
 }
 
-/// Whether `id` falls in the held-out fraction under `seed`.
+/// Whether `id` falls in the held-out fraction under `seed`. Run captures
+/// name rows `QUESTION/PARAPHRASE/SAMPLE`: the question decides, so no
+/// question is on both sides of the split (a pair's id is its own question).
 fn held_out(id: &str, fraction: f64, seed: u64) -> bool {
-    let h = id
+    let question = id.split('/').next().unwrap_or(id);
+    let h = question
         .bytes()
         .fold(seed, |h, b| derive_seed(h, u64::from(b), 0));
-    (h >> 11) as f64 / (1u64 << 53) as f64 <= fraction && fraction > 0.0
+    fraction > 0.0 && (h >> 11) as f64 / (1u64 << 53) as f64 <= fraction
 }
 
 /// Keeps `k` of `rows`, picked by the seed; order kept.
@@ -141,7 +146,7 @@ pub fn heldout(
             LayerAuc {
                 layer: l,
                 auc: a,
-                random_mean: randoms.iter().sum::<f64>() / randoms.len().max(1) as f64,
+                random_mean: randoms.iter().sum::<f64>() / randoms.len() as f64,
                 random_max: randoms.iter().copied().fold(f64::NAN, f64::max),
             }
         })

@@ -35,7 +35,7 @@ impl DirectionSet {
         let t = st.tensor("directions").map_err(|_| {
             DirectionError::file(path, "no tensor `directions` ([num_layers, hidden])")
         })?;
-        if t.shape().len() != 2 || t.shape()[1] == 0 {
+        if t.shape().len() != 2 || t.shape()[0] == 0 || t.shape()[1] == 0 {
             return Err(DirectionError::file(
                 path,
                 format!(

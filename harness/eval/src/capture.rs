@@ -2,8 +2,9 @@
 //! answers (judged samples of a run or CSV, or one side of labelled pairs),
 //! run again through a condition, written as a capture file.
 //!
-//! The file has the layout of a run's `activations/NAME.safetensors`, so the
-//! direction tools read either: for every layer L,
+//! The file has the layout of a run's `activations/NAME.safetensors` (a run's
+//! own file has `prompt_last` instead of `prompt_mean`, and its `answer_mean`
+//! is over the generated tokens that went through the model): for every layer L,
 //! - `resid_post.L.answer_mean` `[n, hidden]`: mean over the answer's content tokens;
 //! - `resid_post.L.prompt_mean` `[n, hidden]`: mean over the prompt's tokens
 //!   (chat template and assistant header included);
@@ -86,28 +87,49 @@ pub fn read_pairs(path: &Path) -> Result<Vec<Pair>, EvalError> {
 }
 
 /// The answers of a run directory or judged CSV that `selection` picks
-/// (every answer without one), scored by `judge_id` (or the only judge).
+/// (every answer without one), scored by `judge_id` (or the only judge),
+/// and how many picked answers were left out for being empty.
 pub fn select_answers(
     input: &Path,
     selection: Option<&Selection>,
     judge_id: Option<&str>,
-) -> Result<Vec<Forced>, EvalError> {
+) -> Result<(Vec<Forced>, usize), EvalError> {
     let (_, samples, judgments) = read_tables(input)?;
     let scored = match selection {
-        Some(_) => {
+        Some(sel) => {
             let judge = pick_judge(&judgments, judge_id)?;
+            let known: std::collections::BTreeSet<&str> = judgments
+                .iter()
+                .filter(|j| j.judge_id == judge)
+                .map(|j| j.metric.as_str())
+                .collect();
+            if let Some(m) = sel.metrics().iter().find(|m| !known.contains(m.as_str())) {
+                return Err(EvalError::Spec {
+                    field: "--select".into(),
+                    reason: format!(
+                        "no metric `{m}` in the judgments of {judge}; there are: {}",
+                        known.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
             Some(scored_samples(&samples, &judgments, &judge))
         }
         None => None,
     };
-    Ok(samples
+    let picked: Vec<&emh_tables::SampleRow> = samples
         .iter()
         .enumerate()
         .filter(|(i, _)| match (selection, &scored) {
             (Some(sel), Some(scored)) => sel.matches(&scored[*i]),
             _ => true,
         })
-        .map(|(_, s)| Forced {
+        .map(|(_, s)| s)
+        .collect();
+    let empty = picked.iter().filter(|s| s.answer.trim().is_empty()).count();
+    let items = picked
+        .into_iter()
+        .filter(|s| !s.answer.trim().is_empty())
+        .map(|s| Forced {
             id: format!(
                 "{}/{}/{}",
                 s.question_id, s.paraphrase_index, s.sample_index
@@ -116,7 +138,8 @@ pub fn select_answers(
             prompt: s.prompt.clone(),
             answer: s.answer.clone(),
         })
-        .collect())
+        .collect();
+    Ok((items, empty))
 }
 
 /// Writes what a forced pass with activations measured as a capture file;

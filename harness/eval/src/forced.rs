@@ -12,7 +12,9 @@
 //! causal model's activations over the answer never depend on them.
 
 use emh_plugin_api::Where;
-use emh_runtime::{Capture, HookSet, Site};
+use std::sync::{Arc, Mutex};
+
+use emh_runtime::{Hook, HookCtx, HookSet, LogitsAt, Site};
 use emh_text::{ChatTemplate, Message, Tokenizer};
 use tch::{Kind, Tensor};
 
@@ -98,6 +100,9 @@ pub fn encode_forced(
             }
         };
     let answer_ids = tokenizer.encode(&answer_text, false)?;
+    if prompt_ids.is_empty() {
+        return Err(bad("the prompt has no tokens".into()));
+    }
     if answer_ids.is_empty() {
         return Err(bad("the answer is empty".into()));
     }
@@ -138,6 +143,56 @@ impl ForcedOut {
     }
 }
 
+/// Means of the activation over each row's prompt tokens and answer tokens,
+/// computed on the model's device (f32), so only `[batch, hidden]` per layer
+/// leaves it; layers are recorded in the order the forward pass reaches them.
+struct SpanMeans {
+    /// `[batch, 1]`: where each row's answer starts (a position, padding not counted).
+    prompt_len: Tensor,
+    store: Arc<Mutex<Vec<(Tensor, Tensor)>>>,
+}
+
+impl Clone for SpanMeans {
+    fn clone(&self) -> Self {
+        SpanMeans {
+            prompt_len: self.prompt_len.shallow_clone(),
+            store: Arc::clone(&self.store),
+        }
+    }
+}
+
+impl SpanMeans {
+    fn new(prompt_lens: &[i64], device: tch::Device) -> Self {
+        SpanMeans {
+            prompt_len: Tensor::from_slice(prompt_lens)
+                .to_device(device)
+                .unsqueeze(-1),
+            store: Arc::default(),
+        }
+    }
+
+    fn take(&self) -> Vec<(Tensor, Tensor)> {
+        std::mem::take(&mut *self.store.lock().expect("span means poisoned"))
+    }
+}
+
+impl Hook for SpanMeans {
+    fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Option<Tensor> {
+        let pos = ctx.positions;
+        let answer = pos.ge_tensor(&self.prompt_len);
+        let prompt = pos.ge(0).logical_and(&pos.lt_tensor(&self.prompt_len));
+        let x = x.to_kind(Kind::Float);
+        let mean = |mask: Tensor| {
+            let mask = mask.to_kind(Kind::Float).unsqueeze(-1);
+            (&x * &mask).sum_dim_intlist(1, false, Kind::Float)
+                / mask.sum_dim_intlist(1, false, Kind::Float)
+        };
+        let means = (mean(answer), mean(prompt));
+        self.store.lock().expect("span means poisoned").push(means);
+        None
+    }
+}
+
 fn where_name(w: &Where) -> &'static str {
     match w {
         Where::Prompt => "prompt",
@@ -154,9 +209,10 @@ fn host(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.view([-1])).expect("f32 tensor")
 }
 
-/// Runs every item through `loaded` with the plans' hooks (their adapter
-/// controls applied first), `options.batch_size` at a time, left-padded;
-/// `progress(done, total)` after each batch.
+/// Runs every item through `loaded` with the plans' hooks,
+/// `options.batch_size` at a time, left-padded; `progress(done, total)`
+/// after each batch. The plans' adapter controls are applied to the model
+/// first and stay applied: load the model again for another condition.
 pub fn run_forced(
     loaded: &mut Loaded,
     plans: &[Planned<'_>],
@@ -197,16 +253,28 @@ pub fn run_forced(
         for p in plans {
             p.hook(shape, &mut hooks, None)?;
         }
-        let capture = Capture::new();
+        let prompt_lens: Vec<i64> = chunk.iter().map(|e| e.prompt_len as i64).collect();
+        let means = SpanMeans::new(&prompt_lens, loaded.model.device);
         if options.activations {
             for l in 0..layers {
-                hooks.add(Site::ResidPost(l), capture.clone());
+                hooks.add(Site::ResidPost(l), means.clone());
             }
         }
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
-        let (logits, _) = loaded.model.logits(&prompts, pad, &mut hooks)?;
-        let width = logits.size()[1];
-        let captured = capture.take();
+        let at = if options.logprobs {
+            LogitsAt::All
+        } else {
+            LogitsAt::Last
+        };
+        let (logits, batch) = loaded.model.prefill(&prompts, pad, &mut hooks, at)?;
+        let width = batch.ids.size()[1];
+        // Per layer, in order: `[batch, hidden]` answer and prompt means on the host.
+        let layer_means: Vec<(Vec<f32>, Vec<f32>)> = means
+            .take()
+            .iter()
+            .map(|(a, p)| (host(a), host(p)))
+            .collect();
+        let hidden = shape.hidden_size as usize;
         for (i, e) in chunk.iter().enumerate() {
             let row = i as i64;
             let padding = width - e.ids.len() as i64;
@@ -216,19 +284,11 @@ pub fn run_forced(
                 answer_tokens: e.answer_len(),
                 ..ForcedOut::default()
             };
-            for c in &captured {
-                let x = c.x.get(row).to_kind(Kind::Float);
+            for (answer, prompt) in &layer_means {
                 o.answer_mean
-                    .push(host(&x.narrow(0, padding + p, a).mean_dim(
-                        0,
-                        false,
-                        Kind::Float,
-                    )));
-                o.prompt_mean.push(host(&x.narrow(0, padding, p).mean_dim(
-                    0,
-                    false,
-                    Kind::Float,
-                )));
+                    .push(answer[i * hidden..(i + 1) * hidden].to_vec());
+                o.prompt_mean
+                    .push(prompt[i * hidden..(i + 1) * hidden].to_vec());
             }
             if options.logprobs {
                 // Token k is predicted at column k - 1.

@@ -27,7 +27,7 @@ pub use forced::{encode_forced, run_forced, Encoded, Forced, ForcedOptions, Forc
 pub use import::import_csv;
 pub use judge::{check_judge_prompts, judge};
 pub use load::{control_adapters, load_model, plan_all, Loaded, Planned};
-pub use logprob::{mean_interval, preference, PairLogprob, Preference};
+pub use logprob::{preference, PairLogprob, Preference};
 pub use manifest::{
     sha256_hex, HashMemo, Hashed, Hashes, JudgeRecord, Manifest, ModelRecord, PluginRecord,
 };

@@ -83,7 +83,7 @@ pub struct Planned {
     pub dir: PathBuf,
     /// The model's name (`NAME` or `NAME@CHECKPOINT`).
     pub model: String,
-    /// The intervention entry's name (`none` when it has no plugins).
+    /// The intervention entry's name.
     pub intervention: String,
     pub seed: u64,
 }

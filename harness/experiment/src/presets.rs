@@ -87,9 +87,19 @@ fn shared(
     if !directions.is_file() {
         return Err(ExperimentError::io(directions, "no such directions file"));
     }
+    // A model given as a path is made absolute; a name stays a name.
+    let model_path = c
+        .model
+        .model
+        .as_ref()
+        .map(|m| match Path::new(m).exists() {
+            true => absolute(Path::new(m)).map(|p| p.display().to_string()),
+            false => Ok(m.clone()),
+        })
+        .transpose()?;
     let model = ModelEntry {
         name: "model".into(),
-        model: c.model.model.clone(),
+        model: model_path,
         adapters: c
             .model
             .adapters

@@ -1,5 +1,6 @@
 //! The experiment's summary: one row per condition with its judged rates,
-//! the relative EM reduction against the same model's `none` condition, and
+//! the relative EM reduction against the same model's condition without
+//! interventions, and
 //! the log-prob preference over labelled pairs; written as `OUT/summary.csv`.
 
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ pub struct ConditionRow {
     pub coherence: Option<Rate>,
     pub misaligned: Option<Rate>,
     pub self_correction: Option<Rate>,
-    /// 1 − EM / EM of the same model's `none` condition, with its interval.
+    /// 1 − EM / EM of the same model and seed without interventions, with its interval.
     pub em_reduction: Option<(f64, f64, f64)>,
     /// Mean per-token log-prob of misaligned − aligned answers, with its interval.
     pub logprob_pref: Option<(f64, f64, f64)>,
@@ -129,17 +130,24 @@ impl Experiment {
                 pairs: p.as_ref().map(|p| p.n),
             })
             .collect();
+        // The baseline of a condition: the same model and seed with no plugins.
+        let plain: Vec<bool> = self
+            .conditions
+            .iter()
+            .map(|c| c.spec.condition.interventions.is_empty())
+            .collect();
         let baselines: Vec<Option<Rate>> = rows
             .iter()
             .map(|r| {
                 rows.iter()
-                    .find(|b| b.model == r.model && b.seed == r.seed && b.intervention == "none")
-                    .and_then(|b| b.em.clone())
+                    .zip(&plain)
+                    .find(|(b, &p)| p && b.model == r.model && b.seed == r.seed)
+                    .and_then(|(b, _)| b.em.clone())
             })
             .collect();
-        for (row, base) in rows.iter_mut().zip(baselines) {
+        for ((row, base), &p) in rows.iter_mut().zip(baselines).zip(&plain) {
             if let (Some(b), Some(e)) = (base, &row.em) {
-                if row.intervention != "none" {
+                if !p {
                     row.em_reduction = relative_reduction(
                         b.successes.unwrap_or(0),
                         b.n,

@@ -6,10 +6,12 @@ mod agreement;
 mod rates;
 mod reduction;
 mod sample;
+mod student;
 mod wilson;
 
 pub use agreement::{agreement, pearson, spearman, Agreement, Confusion, MetricAgreement};
 pub use rates::{compute, MetricRow, Scope};
 pub use reduction::relative_reduction;
 pub use sample::{is_em, Score, ScoredSample, Thresholds};
+pub use student::{t975, t_interval};
 pub use wilson::{wilson, Z95};

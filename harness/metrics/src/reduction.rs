@@ -4,8 +4,8 @@
 use crate::Z95;
 
 /// 1 − (after rate / before rate) and its 95% interval, from the Katz
-/// log interval of the rate ratio (0.5 added to a zero count, so a rate
-/// ablated to nothing still has a finite bound). `None` when nothing was
+/// log interval of the rate ratio (0.5 added to a zero count after, for the
+/// lower end; the upper end is then a full reduction). `None` when nothing was
 /// counted before, since there is nothing to reduce.
 pub fn relative_reduction(
     before: u64,
@@ -22,7 +22,9 @@ pub fn relative_reduction(
     let se = (1.0 / ac - 1.0 / n_after as f64 + 1.0 / bc - 1.0 / n_before as f64).sqrt();
     let log_ratio = ((ac / n_after as f64) / (bc / n_before as f64)).ln();
     let (lo, hi) = ((log_ratio - Z95 * se).exp(), (log_ratio + Z95 * se).exp());
-    Some((1.0 - ratio, 1.0 - hi, 1.0 - lo))
+    // With nothing left after, the rate ratio's lower end is 0: a full reduction is in the interval.
+    let hi_reduction = if after == 0 { 1.0 } else { 1.0 - lo };
+    Some((1.0 - ratio, 1.0 - hi, hi_reduction))
 }
 
 #[cfg(test)]
@@ -40,8 +42,8 @@ mod tests {
         );
         assert!(lo < r && r < hi);
         let (r, lo, hi) = relative_reduction(10, 80, 0, 80).unwrap();
-        assert_eq!(r, 1.0);
-        assert!(lo < 1.0 && hi <= 1.0 && lo > 0.0, "{lo} {hi}");
+        assert_eq!((r, hi), (1.0, 1.0));
+        assert!(lo > 0.0 && lo < r, "{lo}");
         assert!(relative_reduction(0, 80, 3, 80).is_none());
     }
 }

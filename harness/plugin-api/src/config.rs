@@ -220,8 +220,11 @@ impl Directions {
                 r.len()
             ));
         }
-        if d.rows.iter().any(|r| r.iter().all(|&v| v == 0.0)) {
-            return Err("a direction is all zeros".into());
+        // A file may leave a layer without a direction (a zero row, as a
+        // llama.cpp control vector has for layer 0); the host refuses to
+        // project out a zero vector, and adding one changes nothing.
+        if d.shared && d.rows[0].iter().all(|&v| v == 0.0) {
+            return Err("the direction is all zeros".into());
         }
         Ok(d)
     }

@@ -116,6 +116,17 @@ pub fn apply_plan(
                 ));
             }
         }
+        if let Op::ProjectOut { vector } = &step.op {
+            if vector.iter().all(|&v| v == 0.0) {
+                return Err(bad(
+                    i,
+                    format!(
+                        "projecting out a zero vector at layer {} (that layer has no direction)",
+                        step.layer
+                    ),
+                ));
+            }
+        }
     }
     let mut captures = CaptureSet::default();
     for step in plan.steps.iter() {

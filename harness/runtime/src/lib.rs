@@ -24,7 +24,7 @@ pub use hooks::{
     Span,
 };
 pub use lora::{Adapter, LoraWeights, Module, ScalarRecord};
-pub use model::{Batch, Model};
+pub use model::{Batch, LogitsAt, Model};
 pub use random::normal_values;
 pub use sampling::SamplingParams;
 

@@ -719,6 +719,19 @@ impl Model {
         pad_id: u32,
         hooks: &mut HookSet,
     ) -> Result<(Tensor, Batch), RuntimeError> {
+        self.prefill(prompts, pad_id, hooks, LogitsAt::All)
+    }
+
+    /// One pass over left-padded `prompts` with `hooks`; logits at `at`
+    /// (`Last` when only the hooks' view of the pass is wanted, since the
+    /// full `[batch, seq, vocab]` logits are the largest tensor of a pass).
+    pub fn prefill(
+        &self,
+        prompts: &[Vec<u32>],
+        pad_id: u32,
+        hooks: &mut HookSet,
+        at: LogitsAt,
+    ) -> Result<(Tensor, Batch), RuntimeError> {
         self.check_hooks(hooks)?;
         let batch = Batch::left_padded(prompts, pad_id, self.device);
         let (b, t) = (batch.ids.size()[0], batch.ids.size()[1]);
@@ -730,7 +743,7 @@ impl Model {
                 &mut cache,
                 hooks,
                 Phase::Prefill,
-                LogitsAt::All,
+                at,
             )
         })?;
         Ok((logits, batch))
