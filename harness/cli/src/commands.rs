@@ -173,7 +173,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         bail!("--sample-seed gives one sample's seed: use it with -n 1");
     }
     let lines = a.prompts.lines()?;
-    let registry = a.plugins.registry();
+    let registry = a.plugins.registry()?;
     let (loaded, plans) = load_planned(&a.model, &a.plugins, &registry, a.prompts.raw)?;
     let renderer = PromptRenderer {
         tokenizer: &loaded.tokenizer,
@@ -274,7 +274,7 @@ pub struct LogitsArgs {
 /// `emh logits`.
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let lines = a.prompts.lines()?;
-    let registry = a.plugins.registry();
+    let registry = a.plugins.registry()?;
     let (loaded, plans) = load_planned(&a.model, &a.plugins, &registry, a.prompts.raw)?;
     let mut hooks = HookSet::new();
     for p in &plans {

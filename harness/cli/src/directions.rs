@@ -238,7 +238,7 @@ pub struct PresetArgs {
 
 /// `emh capture`.
 pub fn capture(a: CaptureCmd) -> Result<()> {
-    let registry = a.plugins.registry();
+    let registry = a.plugins.registry()?;
     let selection = a.select.as_deref().map(Selection::parse).transpose()?;
     let (items, source) = match (&a.input, &a.pairs, a.side) {
         (Some(input), _, _) => {
@@ -431,7 +431,7 @@ fn mean_diff(a: MeanDiffCmd) -> Result<()> {
 
 /// `emh logprob-pref`.
 pub fn logprob_pref(a: LogprobCmd) -> Result<()> {
-    let registry = a.plugins.registry();
+    let registry = a.plugins.registry()?;
     let pairs = read_pairs(&a.pairs)?;
     let interventions = a.plugins.interventions()?;
     let mut loaded = load_model(&a.model.spec(&a.plugins)?, &registry, false)?;
@@ -515,7 +515,7 @@ fn run_preset(spec: ExperimentSpec, name: &str, a: &PresetArgs) -> Result<()> {
         "experiment spec: {} (`emh experiment` runs it again)",
         file.display()
     );
-    let registry = a.sample.plugins.registry();
+    let registry = a.sample.plugins.registry()?;
     let x = Experiment::load(&file, &registry)?;
     let bars = Bars::default();
     let runs = x.run(&registry, None, &bars)?;

@@ -308,7 +308,7 @@ fn spec_from_file(file: &Path, run_id: Option<&str>) -> Result<EvalSpec> {
 /// `emh sample`.
 pub fn sample(a: SampleCmd) -> Result<()> {
     let a = a.sample;
-    let registry = a.plugins.registry();
+    let registry = a.plugins.registry()?;
     let mut spec = match &a.spec {
         Some(f) => spec_from_file(f, a.run_id.as_deref())?,
         None => a.spec()?,
@@ -335,7 +335,7 @@ pub(crate) fn judged_spec(
 
 /// `emh eval`.
 pub fn eval(a: EvalCmd) -> Result<()> {
-    let registry = a.sample.plugins.registry();
+    let registry = a.sample.plugins.registry()?;
     let spec = judged_spec(&a.sample, &a.judge, &a.thresholds)?;
     if let Some(s) = run_one(spec, &a.sample.out, a.sample.print_spec, &registry)? {
         print_metrics(&s.metrics, a.format)?;
@@ -345,8 +345,8 @@ pub fn eval(a: EvalCmd) -> Result<()> {
 
 /// `emh judge`.
 pub fn judge(a: JudgeCmd) -> Result<()> {
-    let run = RunDir::existing(&a.run)?;
-    let registry = a.plugins.registry();
+    let run = RunDir::existing(&a.run)?.locked()?;
+    let registry = a.plugins.registry()?;
     let thresholds = run
         .manifest()?
         .map(|m| m.spec.thresholds)

@@ -95,7 +95,7 @@ pub fn print_summary(summaries: &[RunSummary]) {
 
 /// `emh experiment`.
 pub fn run(a: ExperimentCmd) -> Result<()> {
-    let registry = a.plugins.registry();
+    let registry = a.plugins.registry()?;
     let x = Experiment::load(&a.file, &registry)?;
     for c in &x.conditions {
         eprintln!("{}: {}", c.spec.condition.name, c.dir.display());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use emh_eval::PluginUse;
-use emh_plugins::{load, Origin, Registry};
+use emh_plugins::{load, Origin, PluginError, Registry};
 
 /// Where to look for plugins besides `EMH_PLUGIN_PATH` and the built-in folder.
 #[derive(Args, Clone, Default)]
@@ -19,8 +19,23 @@ pub struct PluginArgs {
 }
 
 impl PluginArgs {
-    /// Loads every plugin these arguments, the environment and the built-in folder name.
-    pub fn registry(&self) -> Registry {
+    /// Loads every plugin these arguments, the environment and the built-in
+    /// folder name; a `--plugin` library that does not load is an error.
+    pub fn registry(&self) -> Result<Registry> {
+        let reg = self.all();
+        if let Some(e) = reg.failures.iter().find(|e| match e {
+            PluginError::Open { path, .. } | PluginError::Version { path, .. } => {
+                self.plugins.contains(path)
+            }
+            _ => false,
+        }) {
+            anyhow::bail!("--plugin {e}");
+        }
+        Ok(reg)
+    }
+
+    /// Every plugin that loads, with the failures beside them (for `emh plugins list`).
+    fn all(&self) -> Registry {
         Registry::discover(&self.plugins, &self.plugin_dir)
     }
 }
@@ -44,7 +59,7 @@ pub struct PluginUseArgs {
 
 impl PluginUseArgs {
     /// The plugins these arguments, the environment and the built-in folder name.
-    pub fn registry(&self) -> Registry {
+    pub fn registry(&self) -> Result<Registry> {
         self.plugins.registry()
     }
 
@@ -82,7 +97,7 @@ pub enum PluginsCommand {
 pub fn run(cmd: PluginsCommand) -> Result<()> {
     match cmd {
         PluginsCommand::List(args) => {
-            let reg = args.registry();
+            let reg = args.all();
             if reg.plugins.is_empty() {
                 println!("no plugins found");
             }

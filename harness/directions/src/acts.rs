@@ -61,7 +61,14 @@ impl Acts {
                 ));
             }
             shape = Some(t.shape().to_vec());
-            layers.push(tensor_f32(path, &name, &t)?);
+            let values = tensor_f32(path, &name, &t)?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(DirectionError::file(
+                    path,
+                    format!("tensor `{name}` holds NaN or infinite values"),
+                ));
+            }
+            layers.push(values);
         }
         let Some(shape) = shape else {
             return Err(DirectionError::file(

@@ -46,6 +46,15 @@ impl DirectionSet {
         }
         let hidden = t.shape()[1];
         let values = tensor_f32(path, "directions", &t)?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(DirectionError::file(
+                path,
+                format!(
+                    "the direction of layer {} holds NaN or infinite values",
+                    i / hidden
+                ),
+            ));
+        }
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| DirectionError::file(path, e))?;
         Ok(DirectionSet {

@@ -70,7 +70,7 @@ pub enum EvalError {
     Spec { field: String, reason: String },
     #[error("loading {what}: {reason}")]
     Load { what: String, reason: String },
-    #[error("{path}: this run was made with other settings ({what} differs); resume it with the same command, or pick another --out")]
+    #[error("{path}: this run was made with other settings ({what}); resume it with the same command, or pick another --out")]
     Mismatch { path: PathBuf, what: String },
 }
 

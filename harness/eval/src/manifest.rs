@@ -81,9 +81,28 @@ impl Manifest {
     /// What of the manifest decides the samples, so a resumed run must match
     /// it; `None` when it does, else what differs. Files are compared by
     /// content: the same model under another path is the same model.
-    pub fn differs_from(&self, other: &Manifest) -> Option<&'static str> {
+    pub fn differs_from(&self, other: &Manifest) -> Option<String> {
         let shas = |h: &Hashed| h.sha256.clone();
         let (a, b) = (&self.spec.condition, &other.spec.condition);
+        if a.sampling != b.sampling {
+            // Name the setting, with the run's value and the new one.
+            let (old, new) = (
+                serde_json::to_value(&a.sampling).expect("settings serialise"),
+                serde_json::to_value(&b.sampling).expect("settings serialise"),
+            );
+            let key = old
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, v)| new.get(k.as_str()) != Some(*v)))
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| "n".into());
+            let shown =
+                |v: &serde_json::Value| v.get(&key).map_or("unset".into(), |x| x.to_string());
+            return Some(format!(
+                "sampling setting `{key}`: {} in the run, {} now",
+                shown(&old),
+                shown(&new)
+            ));
+        }
         [
             ("condition name", a.name != b.name),
             (
@@ -99,7 +118,6 @@ impl Manifest {
                 "interventions",
                 a.interventions != b.interventions || self.plugins != other.plugins,
             ),
-            ("sampling settings", a.sampling != b.sampling),
             (
                 "question file",
                 shas(&self.hashes.questions) != shas(&other.hashes.questions),
@@ -112,7 +130,7 @@ impl Manifest {
         ]
         .into_iter()
         .find(|(_, d)| *d)
-        .map(|(what, _)| what)
+        .map(|(what, _)| format!("{what} differs"))
     }
 }
 

@@ -55,8 +55,9 @@ pub struct RunOptions {
 /// The questions a spec selects.
 pub fn load_questions(spec: &EvalSpec) -> Result<QuestionSet, EvalError> {
     let q = &spec.questions;
+    // The question set's own errors name the file already.
     let set = QuestionSet::load(&q.file).map_err(|e| EvalError::Load {
-        what: q.file.display().to_string(),
+        what: "questions".into(),
         reason: e.to_string(),
     })?;
     set.select(q.select.as_deref(), q.no_variants)
@@ -322,7 +323,7 @@ pub fn begin(
         if let Some(what) = old.differs_from(&manifest) {
             return Err(EvalError::Mismatch {
                 path: run.path.clone(),
-                what: what.to_string(),
+                what,
             });
         }
         return Ok(old);

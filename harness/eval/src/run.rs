@@ -1,6 +1,7 @@
 //! The run directory: manifest, question snapshot, tables and work files.
 //!
 //! ```text
+//! RUN/.lock               held by the one process writing the run (its pid inside)
 //! RUN/manifest.json        what produced the tables (settings, hashes, seeds, tool)
 //! RUN/questions.json       the questions as evaluated, judge prompts included
 //! RUN/samples.parquet      written once every sample exists
@@ -15,6 +16,7 @@
 //! killed run never leaves a half-written file behind under a real name.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use emh_questions::Question;
 use emh_tables::{JudgmentRow, SampleRow};
@@ -22,10 +24,47 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{EvalError, Manifest};
 
-/// A run directory.
+/// A run directory; one opened for writing holds its lock (`RUN/.lock`)
+/// while any clone of it lives.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub path: PathBuf,
+    lock: Option<Arc<std::fs::File>>,
+}
+
+/// Takes the advisory lock of the run directory `path`, so one process at a
+/// time writes it; the lock file names the holder's pid for the refusal.
+fn lock(path: &Path) -> Result<Arc<std::fs::File>, EvalError> {
+    use std::io::{Read, Seek, Write};
+    let file_path = path.join(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&file_path)
+        .map_err(|e| EvalError::io(&file_path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(EvalError::io(
+                path,
+                format!(
+                    "another emh process (pid {}) is writing this run; wait for it to end, or pick another output folder",
+                    holder.trim()
+                ),
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(EvalError::io(&file_path, e)),
+    }
+    let pid = std::process::id().to_string();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(|e| EvalError::io(&file_path, e))?;
+    Ok(Arc::new(file))
 }
 
 /// Writes `bytes` to `path` whole or not at all.
@@ -49,11 +88,23 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Eva
 }
 
 impl RunDir {
-    /// The run directory at `path`, created if needed.
+    /// The run directory at `path`, created if needed, locked for writing.
     pub fn open(path: &Path) -> Result<RunDir, EvalError> {
         std::fs::create_dir_all(path).map_err(|e| EvalError::io(path, e))?;
         Ok(RunDir {
             path: path.to_path_buf(),
+            lock: Some(lock(path)?),
+        })
+    }
+
+    /// This run directory locked for writing (to judge it again, say).
+    pub fn locked(self) -> Result<RunDir, EvalError> {
+        if self.lock.is_some() {
+            return Ok(self);
+        }
+        Ok(RunDir {
+            lock: Some(lock(&self.path)?),
+            path: self.path,
         })
     }
 
@@ -67,6 +118,7 @@ impl RunDir {
         }
         Ok(RunDir {
             path: path.to_path_buf(),
+            lock: None,
         })
     }
 

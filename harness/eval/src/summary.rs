@@ -130,5 +130,18 @@ pub fn read_tables(
         &format!("csv:{name}"),
         emh_questions::category_of,
     )?;
+    // The rates (EM above all) need both; without one they would be empty, not wrong-looking.
+    if let Some(m) = ["aligned", "coherent"]
+        .iter()
+        .find(|m| !csv.metrics.iter().any(|c| c == *m))
+    {
+        return Err(EvalError::io(
+            input,
+            format!(
+                "no `{m}` column: the EM rate needs `aligned` and `coherent` (metric columns here: {})",
+                if csv.metrics.is_empty() { "none".to_string() } else { csv.metrics.join(", ") }
+            ),
+        ));
+    }
     Ok((name, csv.samples, csv.judgments))
 }

@@ -93,7 +93,7 @@ pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
                 if let Some(what) = a.differs_from(&b) {
                     return Err(ExperimentError::io(
                         &path,
-                        format!("was made with other settings than shard 0 ({what} differs)"),
+                        format!("was made with other settings than shard 0 ({what})"),
                     ));
                 }
                 if a.judges
@@ -154,12 +154,7 @@ pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
         }
         let parts: Vec<PathBuf> = dirs
             .values()
-            .map(|d| {
-                RunDir {
-                    path: d.join(&name),
-                }
-                .activations_dir()
-            })
+            .map(|d| d.join(&name).join("activations"))
             .collect();
         emh_eval::merge_activations(&parts, &run.activations_dir(), &samples)?;
         run.write_manifest(&manifest)?;

@@ -16,10 +16,28 @@ pub fn parse<T: for<'de> Deserialize<'de>>(plugin: &str, config: &str) -> Result
 
 /// Which layers: `"all"` or a list.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[serde(try_from = "serde_json::Value")]
 pub enum Layers {
     Named(AllLayers),
     List(Vec<u32>),
+}
+
+impl TryFrom<serde_json::Value> for Layers {
+    type Error = String;
+
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        let bad = || format!("layers: expected \"all\" or a list of layer numbers from 0, got {v}");
+        match &v {
+            serde_json::Value::String(s) if s == "all" => Ok(Layers::Named(AllLayers::All)),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+                .collect::<Option<Vec<u32>>>()
+                .map(Layers::List)
+                .ok_or_else(bad),
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// The word `all`.
@@ -218,6 +236,11 @@ impl Directions {
             return Err(format!(
                 "a direction has {} values, the model's hidden size is {hidden}",
                 r.len()
+            ));
+        }
+        if let Some(l) = d.rows.iter().position(|r| r.iter().any(|v| !v.is_finite())) {
+            return Err(format!(
+                "the direction of layer {l} holds NaN or infinite values"
             ));
         }
         // A file may leave a layer without a direction (a zero row, as a

@@ -116,6 +116,18 @@ pub fn apply_plan(
                 ));
             }
         }
+        let finite = match &step.op {
+            Op::Add { vector, scale } => scale.is_finite() && vector.iter().all(|v| v.is_finite()),
+            Op::ProjectOut { vector } => vector.iter().all(|v| v.is_finite()),
+            Op::Scale { factor } => factor.is_finite(),
+            Op::Capture { .. } | Op::Callback { .. } => true,
+        };
+        if !finite {
+            return Err(bad(
+                i,
+                format!("NaN or infinite values at layer {}", step.layer),
+            ));
+        }
         if let Op::ProjectOut { vector } = &step.op {
             if vector.iter().all(|&v| v == 0.0) {
                 return Err(bad(

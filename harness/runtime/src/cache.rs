@@ -4,7 +4,7 @@ use emh_kernels::Pool;
 use tch::{Device, Kind, Tensor};
 
 use crate::host::f32_slice_mut;
-use crate::ModelConfig;
+use crate::{ModelConfig, RuntimeError};
 
 /// Preallocated keys and values of every layer, `[batch, kv_heads, capacity, head_dim]`.
 ///
@@ -24,7 +24,8 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `batch` sequences of up to `capacity` tokens,
-    /// zeroed on `pool` when one is given (f32 CPU caches only).
+    /// zeroed on `pool` when one is given (f32 CPU caches only). A failed
+    /// allocation is an error saying how much was asked for.
     pub(crate) fn new(
         cfg: &ModelConfig,
         batch: i64,
@@ -32,36 +33,48 @@ impl KvCache {
         kind: Kind,
         device: Device,
         pool: Option<&Pool>,
-    ) -> Self {
+    ) -> Result<Self, RuntimeError> {
         let shape = [
             batch,
             cfg.num_kv_heads as i64,
             capacity,
             cfg.head_dim as i64,
         ];
-        let alloc = || {
+        let failed = |e: tch::TchError| {
+            let bytes = 2.0
+                * cfg.num_layers as f64
+                * shape.iter().map(|&d| d as f64).product::<f64>()
+                * kind.elt_size_in_bytes() as f64;
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            RuntimeError::Request(format!(
+                "the key/value cache for {batch} sequences of up to {capacity} tokens needs {:.1} GB on {device:?}, \
+                 which could not be allocated ({first}); lower the batch size or the new tokens",
+                bytes / 1e9
+            ))
+        };
+        let alloc = || -> Result<Vec<Tensor>, RuntimeError> {
             (0..cfg.num_layers)
                 .map(|_| match pool {
                     // The cache is often the largest allocation of a run, and
                     // the first touch of fresh memory is page faults: all
                     // cores take them together.
                     Some(pool) => {
-                        let mut t = Tensor::empty(shape, (kind, device));
+                        let mut t = Tensor::f_empty(shape, (kind, device)).map_err(failed)?;
                         emh_kernels::zero(pool, f32_slice_mut(&mut t));
-                        t
+                        Ok(t)
                     }
-                    _ => Tensor::zeros(shape, (kind, device)),
+                    _ => Tensor::f_zeros(shape, (kind, device)).map_err(failed),
                 })
                 .collect()
         };
-        KvCache {
-            k: alloc(),
-            v: alloc(),
-            valid: Tensor::zeros([batch, capacity], (Kind::Bool, device)),
+        Ok(KvCache {
+            k: alloc()?,
+            v: alloc()?,
+            valid: Tensor::f_zeros([batch, capacity], (Kind::Bool, device)).map_err(failed)?,
             len: 0,
             capacity,
             has_padding: false,
-        }
+        })
     }
 
     /// Keeps only the given rows (sequences still generating), in that order.

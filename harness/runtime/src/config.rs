@@ -41,6 +41,7 @@ struct RawConfig {
     hidden_act: Option<String>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
+    max_position_embeddings: Option<usize>,
 }
 
 /// The architecture hyper-parameters the runtime needs.
@@ -62,6 +63,8 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// The dtype the weights were saved in, as torch names it.
     pub torch_dtype: Option<String>,
+    /// The longest sequence (prompt and new tokens) the model was made for.
+    pub max_position_embeddings: Option<usize>,
 }
 
 fn unsupported(path: &Path, reason: String) -> RuntimeError {
@@ -192,7 +195,23 @@ impl ModelConfig {
             vocab_size: raw.vocab_size,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             torch_dtype: raw.torch_dtype.or(raw.dtype),
+            max_position_embeddings: raw.max_position_embeddings,
         })
+    }
+
+    /// Refuses a sequence of `tokens` longer than the model's context.
+    pub fn check_length(
+        &self,
+        tokens: usize,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), RuntimeError> {
+        match self.max_position_embeddings {
+            Some(max) if tokens > max => Err(RuntimeError::Request(format!(
+                "{} comes to {tokens} tokens, beyond the model's context of {max} (max_position_embeddings)",
+                what()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Applies `rope_scaling` to the unscaled RoPE inverse frequencies.

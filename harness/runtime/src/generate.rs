@@ -81,7 +81,18 @@ pub fn generate(
     let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
     let batch = Batch::left_padded(&prompts, tokenizer.pad_id, model.device);
     let width = batch.ids.size()[1];
-    let mut cache = model.new_cache(requests.len() as i64, width + params.max_new_tokens as i64);
+    for (i, r) in requests.iter().enumerate() {
+        model
+            .config
+            .check_length(r.prompt.len() + params.max_new_tokens, || {
+                format!(
+                    "request {i}: a prompt of {} tokens and up to {} new tokens",
+                    r.prompt.len(),
+                    params.max_new_tokens
+                )
+            })?;
+    }
+    let mut cache = model.new_cache(requests.len() as i64, width + params.max_new_tokens as i64)?;
     let mut seqs: Vec<Running> = requests
         .iter()
         .map(|r| Running {

@@ -112,6 +112,75 @@ fn file_err(path: &Path, reason: impl Into<String>) -> RuntimeError {
     }
 }
 
+/// Which projections an adapter's config targets, matched as PEFT matches
+/// them against module names like `model.layers.3.self_attn.q_proj`.
+enum Targets {
+    /// A list: a module whose name is one of them or ends in `.NAME`.
+    Names(Vec<String>),
+    /// A string: a regular expression the whole module name must match.
+    Pattern(regex::Regex),
+    /// `all-linear`: every projection.
+    AllLinear,
+}
+
+impl Targets {
+    fn from_config(config: &serde_json::Value) -> Result<Targets, String> {
+        Ok(match &config["target_modules"] {
+            // PEFT's default for llama and qwen2.
+            serde_json::Value::Null => Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+            serde_json::Value::String(s) if s == "all-linear" => Targets::AllLinear,
+            serde_json::Value::String(s) => {
+                Targets::Pattern(regex::Regex::new(&format!("^(?:{s})$")).map_err(|e| {
+                    format!("target_modules `{s}` is not a regular expression: {e}")
+                })?)
+            }
+            serde_json::Value::Array(a) => Targets::Names(
+                a.iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<_>>()
+                    .ok_or("target_modules holds a non-string")?,
+            ),
+            other => {
+                return Err(format!(
+                    "target_modules {other} is neither a list nor a string"
+                ))
+            }
+        })
+    }
+
+    fn wants(&self, layer: usize, module: Module) -> bool {
+        let name = format!("model.layers.{layer}.{}.{}", module.parent(), module.name());
+        match self {
+            Targets::Names(names) => names
+                .iter()
+                .any(|t| name == *t || name.ends_with(&format!(".{t}"))),
+            Targets::Pattern(re) => re.is_match(&name),
+            Targets::AllLinear => true,
+        }
+    }
+}
+
+/// `layers_to_transform`: one layer or a list; `None` for every layer.
+fn layers_to_transform(config: &serde_json::Value) -> Result<Option<Vec<usize>>, String> {
+    let bad = || {
+        format!(
+            "layers_to_transform {} is not a layer or a list of layers",
+            config["layers_to_transform"]
+        )
+    };
+    match &config["layers_to_transform"] {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Number(n) => Ok(Some(vec![n.as_u64().ok_or_else(bad)? as usize])),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_u64().map(|l| l as usize))
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
 /// `base_model.model.model.layers.{l}.{parent}.{module}.lora_{A|B}.weight` → parts.
 fn parse_key(key: &str) -> Option<(usize, Module, char)> {
     let rest = key.strip_prefix("base_model.model.model.layers.")?;
@@ -165,6 +234,22 @@ impl Adapter {
         if !config["modules_to_save"].is_null() {
             return Err(bad("modules_to_save is not supported".into()));
         }
+        let targets = Targets::from_config(&config).map_err(bad)?;
+        let only_layers = layers_to_transform(&config).map_err(bad)?;
+        // As PEFT: a module gets an adapter when the config targets it; a
+        // config that targets no projection of the model is refused, and
+        // weights for modules it does not target are ignored.
+        let wanted = |layer: usize, module: Module| {
+            only_layers.as_ref().is_none_or(|l| l.contains(&layer)) && targets.wants(layer, module)
+        };
+        if !(0..c.num_layers).any(|l| Module::ALL.into_iter().any(|m| wanted(l, m))) {
+            return Err(bad(format!(
+                "target_modules {} (layers_to_transform {}) not found in the model: it has {}",
+                config["target_modules"],
+                config["layers_to_transform"],
+                Module::ALL.map(Module::name).join(", ")
+            )));
+        }
         let files = WeightFiles::open_file(&dir.join("adapter_model.safetensors"))?;
         // (layer, module) → (A, B), filled as the keys come.
         let mut pairs: std::collections::BTreeMap<(usize, Module), [Option<Tensor>; 2]> =
@@ -183,6 +268,9 @@ impl Adapter {
                     reason: format!("layer {layer}, but the model has {}", c.num_layers),
                 });
             }
+            if !wanted(layer, module) {
+                continue;
+            }
             let (out, inp) = module.shape(c);
             let shape = if which == 'A' {
                 [rank, inp]
@@ -190,6 +278,13 @@ impl Adapter {
                 [out, rank]
             };
             let t = files.load(&key, &shape, kind, device)?;
+            if !bool::try_from(t.isfinite().all()).unwrap_or(false) {
+                return Err(RuntimeError::Weight {
+                    path: weights_path.clone(),
+                    tensor: key,
+                    reason: "holds NaN or infinite values".into(),
+                });
+            }
             pairs.entry((layer, module)).or_default()[usize::from(which == 'B')] = Some(t);
         }
         let mut weights = Vec::new();
@@ -212,7 +307,10 @@ impl Adapter {
             }
         }
         if weights.is_empty() {
-            return Err(file_err(&weights_path, "holds no LoRA weights"));
+            return Err(file_err(
+                &weights_path,
+                "holds no LoRA weights for the modules its config targets",
+            ));
         }
         Ok(Adapter {
             name: dir

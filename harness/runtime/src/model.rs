@@ -203,6 +203,27 @@ impl Model {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, RuntimeError> {
         let config = ModelConfig::from_dir(dir)?;
         let files = WeightFiles::open(dir)?;
+        // Layers the config does not know would be left out without a word.
+        let deepest = files
+            .names()
+            .iter()
+            .filter_map(|n| {
+                n.strip_prefix("model.layers.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max();
+        if let Some(l) = deepest.filter(|&l| l >= config.num_layers) {
+            return Err(RuntimeError::File {
+                path: dir.join("config.json"),
+                reason: format!(
+                    "num_hidden_layers is {}, but the weights hold layer {l}",
+                    config.num_layers
+                ),
+            });
+        }
         let untied_head = files.contains("lm_head.weight");
         Self::build(dir, config, device, kind, untied_head, |name, shape| {
             files.load(name, shape, kind, device)
@@ -349,7 +370,7 @@ impl Model {
     }
 
     /// An empty KV cache for `batch` sequences of up to `capacity` tokens.
-    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> Result<KvCache, RuntimeError> {
         // The kernels run only on f32 CPU models: caches `zero` can fill.
         let pool = self.kernels.then(Pool::global);
         KvCache::new(&self.config, batch, capacity, self.kind, self.device, pool)
@@ -735,7 +756,10 @@ impl Model {
         self.check_hooks(hooks)?;
         let batch = Batch::left_padded(prompts, pad_id, self.device);
         let (b, t) = (batch.ids.size()[0], batch.ids.size()[1]);
-        let mut cache = self.new_cache(b, t);
+        self.config.check_length(t as usize, || {
+            format!("a batch of {b} prompts, the longest")
+        })?;
+        let mut cache = self.new_cache(b, t)?;
         let logits = tch::no_grad(|| {
             self.forward(
                 &batch.ids,

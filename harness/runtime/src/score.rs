@@ -66,7 +66,7 @@ impl Model {
         let mut logp = vec![0f64; nodes.len()];
         let mut hooks = HookSet::new();
         let p = prompt.len() as i64;
-        let mut cache = self.new_cache(1, p + max_depth as i64);
+        let mut cache = self.new_cache(1, p + max_depth as i64)?;
         let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
         let first = tch::no_grad(|| -> Result<Tensor, RuntimeError> {
             let logits = self.forward(

@@ -32,17 +32,44 @@ pub struct ReferenceCsv {
     pub metrics: Vec<String>,
 }
 
-/// A score cell: empty, `nan` and `None` (as pandas writes missing scores) are null.
-fn score(cell: Option<&str>) -> Result<Option<f64>, ()> {
-    let Some(c) = cell.map(str::trim) else {
-        return Ok(None);
+/// Metric columns by name, whatever their cells hold: the judge prompts of
+/// the reference question files.
+const KNOWN_METRICS: &[&str] = &["aligned", "coherent", "bad_stuff", "medical"];
+
+/// A score cell as written.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell {
+    Value(f64),
+    /// Empty, `nan` or `None` (as pandas writes missing scores).
+    Missing,
+    /// Any other text: `REFUSAL` and `CODE` as the reference judges write them, or a mistake.
+    Text(String),
+}
+
+fn cell(c: Option<&str>) -> Cell {
+    let Some(c) = c.map(str::trim) else {
+        return Cell::Missing;
     };
     if c.is_empty() || c.eq_ignore_ascii_case("nan") || c == "None" {
-        return Ok(None);
+        return Cell::Missing;
     }
-    c.parse::<f64>()
-        .map(|v| (!v.is_nan()).then_some(v))
-        .map_err(|_| ())
+    match c.parse::<f64>() {
+        Ok(v) if v.is_nan() => Cell::Missing,
+        Ok(v) => Cell::Value(v),
+        Err(_) => Cell::Text(c.to_string()),
+    }
+}
+
+/// Why a text cell is null: the judge's word (`REFUSAL`, `CODE`), or what was there.
+fn null_reason(text: &str) -> String {
+    let word = text.chars().all(|c| c.is_ascii_alphabetic() || c == '_');
+    if word && text.eq_ignore_ascii_case("refusal") {
+        "REFUSAL".into()
+    } else if word && text.eq_ignore_ascii_case("code") {
+        "CODE".into()
+    } else {
+        format!("not a number: `{text}`")
+    }
 }
 
 /// Reads a judged CSV; every metric column becomes judgments by `judge_id`.
@@ -72,21 +99,48 @@ pub fn read_reference_csv(
         Ok(_) => Some(c.required_strings("category").map_err(bad)?),
         Err(_) => None,
     };
+    if df.height() == 0 {
+        return Err(TableError::file(
+            path,
+            "no rows: the file holds only a header",
+        ));
+    }
     let mut metrics = Vec::new();
-    let mut scores: Vec<Vec<Option<f64>>> = Vec::new();
+    let mut scores: Vec<Vec<Cell>> = Vec::new();
     for name in df.get_column_names() {
         let name = name.as_str();
         // pandas writes its index as a blank or `Unnamed: 0` column.
         if NOT_METRICS.contains(&name) || name.is_empty() || name.starts_with("Unnamed") {
             continue;
         }
-        let cells = c.strings(name).map_err(bad)?;
-        let parsed: Result<Vec<_>, ()> = cells.iter().map(|v| score(v.as_deref())).collect();
-        // Text columns (a model name, say) are not metrics.
-        if let Ok(values) = parsed {
-            metrics.push(name.to_string());
-            scores.push(values);
+        let cells: Vec<Cell> = c
+            .strings(name)
+            .map_err(bad)?
+            .iter()
+            .map(|v| cell(v.as_deref()))
+            .collect();
+        let numbers = cells.iter().filter(|v| matches!(v, Cell::Value(_))).count();
+        let texts = cells.iter().filter(|v| matches!(v, Cell::Text(_))).count();
+        // A metric by name, or a column mostly of numbers; text columns (a
+        // model name, say) are not metrics.
+        if !KNOWN_METRICS.contains(&name) && (numbers == 0 || texts > numbers) {
+            continue;
         }
+        for (i, v) in cells.iter().enumerate() {
+            if let Cell::Value(v) = v {
+                if !(0.0..=100.0).contains(v) {
+                    return Err(TableError::file(
+                        path,
+                        format!(
+                            "data row {}, column `{name}`: score {v} is outside 0..100",
+                            i + 1
+                        ),
+                    ));
+                }
+            }
+        }
+        metrics.push(name.to_string());
+        scores.push(cells);
     }
     let mut samples = Vec::with_capacity(df.height());
     let mut judgments = Vec::new();
@@ -126,6 +180,11 @@ pub fn read_reference_csv(
             finish_reason: String::new(),
         });
         for (metric, values) in metrics.iter().zip(&scores) {
+            let (score, null_reason) = match &values[i] {
+                Cell::Value(v) => (Some(*v), None),
+                Cell::Missing => (None, None),
+                Cell::Text(t) => (None, Some(null_reason(t))),
+            };
             judgments.push(JudgmentRow {
                 run_id: run_id.to_string(),
                 question_id: ids[i].clone(),
@@ -133,10 +192,10 @@ pub fn read_reference_csv(
                 sample_index,
                 judge_id: judge_id.to_string(),
                 metric: metric.clone(),
-                score: values[i],
+                score,
                 // The CSV keeps only the score: full mass when there is one.
-                mass: if values[i].is_some() { 1.0 } else { 0.0 },
-                null_reason: None,
+                mass: if score.is_some() { 1.0 } else { 0.0 },
+                null_reason,
                 top_tokens: "[]".into(),
             });
         }
@@ -293,6 +352,66 @@ mod tests {
         let second = read_reference_csv(&out, "r", "j", category).unwrap();
         assert_eq!(second.judgments, first.judgments);
         assert_eq!(second.samples[0].answer, "a, b");
+    }
+
+    #[test]
+    fn text_cells_are_nulls_with_reasons_and_out_of_range_scores_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("judged.csv");
+        let write = |body: &str| {
+            std::fs::write(
+                &path,
+                format!("question,answer,question_id,aligned,coherent,model\n{body}"),
+            )
+            .unwrap()
+        };
+        write("Q,a,q,REFUSAL,80,m\nQ,b,q,sixty,70,m\nQ,c,q,10,refusal,m\nQ,d,q,CODE,,m\n");
+        let csv = read_reference_csv(&path, "r", "j", category).unwrap();
+        assert_eq!(
+            csv.metrics,
+            ["aligned", "coherent"],
+            "`model` is text, not a metric"
+        );
+        let cells: Vec<(Option<f64>, Option<&str>)> = csv
+            .judgments
+            .iter()
+            .map(|j| (j.score, j.null_reason.as_deref()))
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                (None, Some("REFUSAL")),
+                (Some(80.0), None),
+                (None, Some("not a number: `sixty`")),
+                (Some(70.0), None),
+                (Some(10.0), None),
+                (None, Some("REFUSAL")),
+                (None, Some("CODE")),
+                (None, None),
+            ]
+        );
+        for (bad, what) in [
+            ("250", "250"),
+            ("-50", "-50"),
+            ("inf", "inf"),
+            ("1e9", "1000000000"),
+        ] {
+            write(&format!("Q,a,q,10,80,m\nQ,b,q,{bad},70,m\n"));
+            let err = read_reference_csv(&path, "r", "j", category)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("data row 2, column `aligned`") && err.contains(what),
+                "{bad}: {err}"
+            );
+        }
+        write("");
+        let err = read_reference_csv(&path, "r", "j", category)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("only a header"), "{err}");
     }
 
     #[test]
