@@ -14,6 +14,20 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRu
 /// Cases per parser.
 const CASES: u32 = 1500;
 
+/// Prints a line of the fuzzing report and appends it to
+/// `CARGO_TARGET_TMPDIR/fuzz-cases.txt`, which `cargo xtask test` prints.
+fn report(line: String) {
+    use std::io::Write;
+    println!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-cases.txt");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
 /// Random bytes, or `base` cut short, with bits flipped, or with a large
 /// number written over eight of its bytes.
 fn inputs(base: Vec<u8>) -> BoxedStrategy<Vec<u8>> {
@@ -95,7 +109,7 @@ fn fuzz(
         Ok(())
     });
     let (values, errors) = (values.get(), errors.get());
-    println!("{name}: {CASES} cases from seed [{seed}; 32]: {values} read, {errors} refused naming the file");
+    report(format!("{name}: {CASES} cases from seed [{seed}; 32]: {values} read, {errors} refused naming the file"));
     if let Err(e) = result {
         panic!("{name}: {e}");
     }
@@ -361,7 +375,9 @@ name = "none"
             },
         )
         .unwrap();
-    println!("selection expressions: {CASES} cases from seed [12; 32]");
+    report(format!(
+        "selection expressions: {CASES} cases from seed [12; 32]"
+    ));
 }
 
 #[test]
@@ -421,9 +437,9 @@ fn intervention_plugin_configs() {
                 Ok(())
             })
             .unwrap();
-        println!(
+        report(format!(
             "plugin {name}: {CASES} configs from seed [{seed}; 32]: {} planned, the rest refused",
             planned.get()
-        );
+        ));
     }
 }

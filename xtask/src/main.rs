@@ -308,6 +308,9 @@ fn parse_result(line: &str) -> Option<(u64, u64, u64)> {
 
 fn test(extra: &[&str]) -> Result<()> {
     let env = setup()?;
+    // The fuzz tests append their case counts here, printed at the end.
+    let fuzz_report = env.root.join("target/tmp/fuzz-cases.txt");
+    let _ = std::fs::remove_file(&fuzz_report);
     let mut cmd = env.cargo(&["test", "--release", "--workspace"]);
     cmd.args(extra)
         .env("EMH_PYTHON", &env.python)
@@ -327,6 +330,9 @@ fn test(extra: &[&str]) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    if let Ok(report) = std::fs::read_to_string(&fuzz_report) {
+        println!("fuzzed parsers:\n{report}");
+    }
     // One total over every test binary, so the last line is not a crate's own.
     println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
