@@ -52,8 +52,9 @@ fn assert_fails_clearly(args: &[&str], needles: &[&str]) {
     }
 }
 
-fn generate_args(model: &Path) -> Vec<String> {
-    [
+/// `emh generate` of "hi" on CPU (two new tokens unless `extra` says), with `extra` options.
+fn generate_hi(model: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "generate",
         "--model",
         s(model),
@@ -61,16 +62,20 @@ fn generate_args(model: &Path) -> Vec<String> {
         "cpu",
         "--prompt",
         "hi",
-        "--max-new-tokens",
-        "2",
     ]
     .iter()
     .map(|a| a.to_string())
-    .collect()
+    .collect();
+    if !extra.contains(&"--max-new-tokens") {
+        args.extend(["--max-new-tokens".to_string(), "2".to_string()]);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
 }
 
-fn run_generate(model: &Path, needles: &[&str]) {
-    let args = generate_args(model);
+/// `generate_hi` must fail cleanly with every `needles` in its stderr.
+fn hi_fails(model: &Path, extra: &[&str], needles: &[&str]) {
+    let args = generate_hi(model, extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_fails_clearly(&args, needles);
 }
@@ -81,7 +86,7 @@ fn missing_tokenizer_names_the_file() {
     let model = model_copy(tmp.path());
     std::fs::remove_file(model.join("tokenizer.json")).unwrap();
     let expected = model.join("tokenizer.json");
-    run_generate(&model, &[s(&expected), "missing"]);
+    hi_fails(&model, &[], &[s(&expected), "missing"]);
 }
 
 #[test]
@@ -92,7 +97,7 @@ fn truncated_safetensors_names_the_file() {
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::remove_file(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 3]).unwrap();
-    run_generate(&model, &[s(&weights), "truncated"]);
+    hi_fails(&model, &[], &[s(&weights), "truncated"]);
 }
 
 #[test]
@@ -100,8 +105,9 @@ fn tensor_of_the_wrong_shape_names_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let model = model_copy(tmp.path());
     edit_config(&model, |c| c["intermediate_size"] = 1000.into());
-    run_generate(
+    hi_fails(
         &model,
+        &[],
         &[
             "model.layers.0.mlp.gate_proj.weight",
             "[1536, 576]",
@@ -118,8 +124,9 @@ fn unknown_architecture_is_refused() {
         c["model_type"] = "gpt_neox".into();
         c["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
     });
-    run_generate(
+    hi_fails(
         &model,
+        &[],
         &["config.json", "gpt_neox", "supported: llama, qwen2"],
     );
 }
@@ -322,27 +329,38 @@ print(json.dumps({"em": em, "n": len(d), "coherent": coh, "refusals": refusals, 
     );
 }
 
+/// A safetensors file of f32 tensors.
+fn safetensors_file(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, shape, _), b)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b);
+            (n.to_string(), view.unwrap())
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
 #[test]
 fn a_request_beyond_the_context_is_refused_with_the_numbers() {
     let model = default_model();
-    assert_fails_clearly(
-        &[
-            "generate",
-            "--model",
-            s(&model),
-            "--device",
-            "cpu",
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "1000000000",
-        ],
+    hi_fails(
+        &model,
+        &["--max-new-tokens", "1000000000"],
         &["1000000000 new tokens", "context of 8192"],
     );
     let tmp = tempfile::tempdir().unwrap();
     let prompts = tmp.path().join("long.jsonl");
-    let long = "word ".repeat(9000);
-    common::write_jsonl(&prompts, &[serde_json::json!({"prompt": long})]);
+    common::write_jsonl(
+        &prompts,
+        &[serde_json::json!({"prompt": "word ".repeat(9000)})],
+    );
     assert_fails_clearly(
         &[
             "generate",
@@ -352,8 +370,6 @@ fn a_request_beyond_the_context_is_refused_with_the_numbers() {
             "cpu",
             "--prompts",
             s(&prompts),
-            "--max-new-tokens",
-            "4",
         ],
         &["context of 8192"],
     );
@@ -367,20 +383,9 @@ fn a_kv_cache_too_large_to_allocate_is_an_error_saying_how_much() {
     edit_config(&model, |c| {
         c.as_object_mut().unwrap().remove("max_position_embeddings");
     });
-    assert_fails_clearly(
-        &[
-            "generate",
-            "--model",
-            s(&model),
-            "--device",
-            "cpu",
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "1000000000",
-            "-n",
-            "64",
-        ],
+    hi_fails(
+        &model,
+        &["--max-new-tokens", "1000000000", "-n", "64"],
         &["key/value cache", "GB", "could not be allocated"],
     );
 }
@@ -388,39 +393,17 @@ fn a_kv_cache_too_large_to_allocate_is_an_error_saying_how_much() {
 #[test]
 fn nan_in_directions_or_adapter_weights_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
+    let model = default_model();
     let dirs = tmp.path().join("dirs.safetensors");
     let mut values = vec![0.5f32; 30 * 576];
     values[12 * 576 + 3] = f32::NAN;
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![30, 576], &bytes)
-        .unwrap();
-    std::fs::write(
-        &dirs,
-        safetensors::serialize(vec![("directions", view)], None).unwrap(),
-    )
-    .unwrap();
-    let model = default_model();
+    safetensors_file(&dirs, &[("directions", vec![30, 576], &values)]);
     let steer = format!(
         r#"steering={{"directions": "{}", "layers": [3], "scale": 2}}"#,
         s(&dirs)
     );
-    assert_fails_clearly(
-        &[
-            "generate",
-            "--model",
-            s(&model),
-            "--device",
-            "cpu",
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "2",
-            "--intervention",
-            &steer,
-        ],
-        &["layer 12", "NaN"],
-    );
-    // An adapter with one NaN in a weight.
+    hi_fails(&model, &["--intervention", &steer], &["layer 12", "NaN"]);
+    // An adapter with one infinity in a weight.
     let adapter = tmp.path().join("adapter");
     std::fs::create_dir_all(&adapter).unwrap();
     std::fs::write(
@@ -428,45 +411,23 @@ fn nan_in_directions_or_adapter_weights_is_refused() {
         r#"{"peft_type": "LORA", "r": 1, "lora_alpha": 1, "target_modules": ["down_proj"]}"#,
     )
     .unwrap();
-    let a = [0.1f32; 1536];
     let mut b = [0.1f32; 576];
     b[7] = f32::INFINITY;
-    let (a, b): (Vec<u8>, Vec<u8>) = (
-        a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        b.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    );
     let p = "base_model.model.model.layers.4.mlp.down_proj";
-    let views = vec![
-        (
-            format!("{p}.lora_A.weight"),
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 1536], &a)
-                .unwrap(),
-        ),
-        (
-            format!("{p}.lora_B.weight"),
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![576, 1], &b)
-                .unwrap(),
-        ),
-    ];
-    std::fs::write(
-        adapter.join("adapter_model.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
-    assert_fails_clearly(
+    safetensors_file(
+        &adapter.join("adapter_model.safetensors"),
         &[
-            "generate",
-            "--model",
-            s(&model),
-            "--device",
-            "cpu",
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "2",
-            "--adapter",
-            s(&adapter),
+            (
+                &format!("{p}.lora_A.weight"),
+                vec![1, 1536],
+                &[0.1f32; 1536],
+            ),
+            (&format!("{p}.lora_B.weight"), vec![576, 1], &b),
         ],
+    );
+    hi_fails(
+        &model,
+        &["--adapter", s(&adapter)],
         &["lora_B", "NaN or infinite"],
     );
 }
@@ -476,21 +437,9 @@ fn a_named_plugin_that_does_not_load_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let fake = tmp.path().join("libnot_a_plugin.so");
     std::fs::write(&fake, b"not a library").unwrap();
-    let model = default_model();
-    assert_fails_clearly(
-        &[
-            "generate",
-            "--model",
-            s(&model),
-            "--device",
-            "cpu",
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "2",
-            "--plugin",
-            s(&fake),
-        ],
+    hi_fails(
+        &default_model(),
+        &["--plugin", s(&fake)],
         &[
             "--plugin",
             "libnot_a_plugin.so",
@@ -554,40 +503,23 @@ fn a_config_with_fewer_layers_than_the_weights_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let model = model_copy(tmp.path());
     edit_config(&model, |c| c["num_hidden_layers"] = serde_json::json!(20));
-    run_generate(&model, &["num_hidden_layers is 20", "layer 29"]);
+    hi_fails(&model, &[], &["num_hidden_layers is 20", "layer 29"]);
 }
 
 #[test]
-fn a_layer_list_with_a_negative_layer_says_what_it_expects() {
+fn a_layer_list_with_a_negative_layer_or_an_infinite_temperature_says_what_it_expects() {
     let model = default_model();
-    assert_fails_clearly(
+    hi_fails(
+        &model,
         &[
-            "generate",
-            "--model",
-            s(&model),
-            "--device",
-            "cpu",
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "2",
             "--intervention",
             r#"steering={"vector": [1], "scale": 1, "layers": [-1]}"#,
         ],
         &["layers: expected \"all\" or a list of layer numbers from 0, got [-1]"],
     );
-    assert_fails_clearly(
-        &[
-            "generate",
-            "--model",
-            s(&model),
-            "--device",
-            "cpu",
-            "--prompt",
-            "hi",
-            "--temperature",
-            "inf",
-        ],
+    hi_fails(
+        &model,
+        &["--temperature", "inf"],
         &["temperature inf must be a finite number"],
     );
 }

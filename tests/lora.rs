@@ -277,38 +277,34 @@ fn edit_adapter(a: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&cfg, c.to_string()).unwrap();
 }
 
-#[test]
-fn weights_of_modules_the_config_does_not_target_are_ignored_as_in_peft() {
+/// A rank-2 adapter on q_proj and v_proj of layers 3 and 7 whose config is
+/// then edited: emh must apply exactly what peft applies.
+fn edited_adapter_matches_peft(seed: u32, edit: impl FnOnce(&mut serde_json::Value)) {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
-    make_lora(&a, 2, 16.0, "q_proj,v_proj", "3,7", false, 6);
-    // The file keeps q_proj's weights; the config targets v_proj alone.
-    edit_adapter(&a, |c| c["target_modules"] = json!(["v_proj"]));
+    make_lora(&a, 2, 16.0, "q_proj,v_proj", "3,7", false, seed);
+    edit_adapter(&a, edit);
     let diff = logits_diff(tmp.path(), &[&a]);
     assert!(diff < 1e-3, "max |logit difference| {diff}");
+}
+
+#[test]
+fn weights_of_modules_the_config_does_not_target_are_ignored_as_in_peft() {
+    // The file keeps q_proj's weights; the config targets v_proj alone.
+    edited_adapter_matches_peft(6, |c| c["target_modules"] = json!(["v_proj"]));
 }
 
 #[test]
 fn weights_of_layers_not_transformed_are_ignored_as_in_peft() {
-    let tmp = tempfile::tempdir().unwrap();
-    let a = tmp.path().join("a");
-    make_lora(&a, 2, 16.0, "q_proj,v_proj", "3,7", false, 7);
-    edit_adapter(&a, |c| c["layers_to_transform"] = json!([7]));
-    let diff = logits_diff(tmp.path(), &[&a]);
-    assert!(diff < 1e-3, "max |logit difference| {diff}");
+    edited_adapter_matches_peft(7, |c| c["layers_to_transform"] = json!([7]));
 }
 
 #[test]
 fn a_target_modules_pattern_matches_whole_module_names_as_in_peft() {
-    let tmp = tempfile::tempdir().unwrap();
-    let a = tmp.path().join("a");
-    make_lora(&a, 2, 16.0, "q_proj,v_proj", "3,7", false, 8);
-    edit_adapter(&a, |c| {
+    edited_adapter_matches_peft(8, |c| {
         c["target_modules"] = json!(r"model\.layers\.3\.self_attn\.(q|v)_proj");
         c["layers_to_transform"] = serde_json::Value::Null;
     });
-    let diff = logits_diff(tmp.path(), &[&a]);
-    assert!(diff < 1e-3, "max |logit difference| {diff}");
 }
 
 #[test]
