@@ -6,6 +6,7 @@ mod eval;
 mod experiment;
 mod plugins;
 mod progress;
+mod regress;
 
 use clap::{Parser, Subcommand};
 
@@ -133,6 +134,13 @@ enum Command {
     ///
     /// Writes OUT/ablate.toml, a run per condition, and OUT/summary.csv.
     Ablate(directions::AblateCmd),
+    /// Gate CI on a regression: compare a candidate run (or judged CSV) with
+    /// a baseline on EM, coherence and self-correction rates, overall and per
+    /// question (difference, 95% interval, two-proportion p-value), against a
+    /// policy. Exit status: 0 pass (warnings included), 1 regression, 2
+    /// cannot compare (different question sets or judge prompts, unreadable
+    /// input). Prints a Markdown summary; --junit writes JUnit XML.
+    Regress(regress::RegressCmd),
     /// List plugins, or check why one will not load.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -186,6 +194,7 @@ fn main() {
         Command::LogprobPref(a) => directions::logprob_pref(a),
         Command::Steer(a) => directions::steer(a),
         Command::Ablate(a) => directions::ablate(a),
+        Command::Regress(a) => regress::regress(a),
         Command::Plugins(c) => plugins::run(c),
     };
     if let Err(e) = result {

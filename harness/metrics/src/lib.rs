@@ -3,6 +3,7 @@
 //! agreement between two judges. Pure arithmetic, no I/O.
 
 mod agreement;
+mod compare;
 mod rates;
 mod reduction;
 mod sample;
@@ -10,6 +11,7 @@ mod student;
 mod wilson;
 
 pub use agreement::{agreement, pearson, spearman, Agreement, Confusion, MetricAgreement};
+pub use compare::{normal_cdf, two_proportion, Difference};
 pub use rates::{compute, MetricRow, Scope};
 pub use reduction::relative_reduction;
 pub use sample::{is_em, Score, ScoredSample, Thresholds};
