@@ -100,9 +100,12 @@ enum Command {
     JudgeAgreement(eval::AgreementCmd),
     /// Write a run's samples and scores as a judged CSV in the reference scripts' columns.
     ExportCsv(eval::ExportCmd),
-    /// Run chosen answers (judged samples selected by --select, or one side
-    /// of labelled pairs) through a model and condition again, and write the
-    /// mean residual stream of every layer over each answer's exact tokens.
+    /// Capture the residual stream over chosen answers' exact tokens, under
+    /// any condition.
+    ///
+    /// Runs judged samples selected by --select (or one side of labelled
+    /// pairs) through a model and condition again, and writes the mean
+    /// resid_post of every layer over each answer's tokens and its prompt's.
     ///
     /// The answer span holds the answer's content tokens alone: not the
     /// assistant header before it, not the end-of-turn tokens after it.
@@ -112,9 +115,12 @@ enum Command {
     /// rank-1 adapter cosines, llama.cpp control vectors.
     #[command(subcommand)]
     Directions(directions::DirectionsCmd),
-    /// The judge-free effect measure: over labelled pairs, the mean per-token
-    /// log-probability of the misaligned answer minus the aligned one, under
-    /// a condition (model, adapters, interventions), with a 95% interval.
+    /// The judge-free effect measure: how much more likely a condition finds
+    /// misaligned answers than aligned ones.
+    ///
+    /// Over labelled pairs, the mean per-token log-probability of the
+    /// misaligned answer minus the aligned one, under a condition (model,
+    /// adapters, interventions), with a Student-t 95% interval.
     LogprobPref(directions::LogprobCmd),
     /// Steer with a direction: a layer x lambda sweep, each setting beside a
     /// same-norm random vector and a no-intervention baseline; EM,
@@ -126,20 +132,24 @@ enum Command {
     ///     --questions q.yaml -n 50 --judge openai --pairs data/answers/labelled.jsonl -o runs/steer
     #[command(verbatim_doc_comment)]
     Steer(directions::SteerCmd),
-    /// Ablate a direction: layer-wise (each layer its own) and, with
-    /// --single-layers, one layer's direction at every layer, each beside a
-    /// same-norm random control; EM before and after, and the relative
-    /// reduction with its 95% interval. A direction from another organism
-    /// (--directions) on this one (--adapter/--organism) is a transfer test.
+    /// Ablate a direction beside same-norm random controls: EM before and
+    /// after, and the relative reduction with its 95% interval.
+    ///
+    /// Layer-wise (each layer its own direction) and, with --single-layers,
+    /// one layer's direction at every layer. A direction from another
+    /// organism (--directions) on this one (--adapter/--organism) is a
+    /// transfer test.
     ///
     /// Writes OUT/ablate.toml, a run per condition, and OUT/summary.csv.
     Ablate(directions::AblateCmd),
-    /// Gate CI on a regression: compare a candidate run (or judged CSV) with
-    /// a baseline on EM, coherence and self-correction rates, overall and per
-    /// question (difference, 95% interval, two-proportion p-value), against a
-    /// policy. Exit status: 0 pass (warnings included), 1 regression, 2
-    /// cannot compare (different question sets or judge prompts, unreadable
-    /// input). Prints a Markdown summary; --junit writes JUnit XML.
+    /// Gate CI on a regression: a candidate run against a baseline, judged
+    /// by a policy (exit 0 pass, 1 regression, 2 cannot compare).
+    ///
+    /// Compares EM, coherence and self-correction rates of two run
+    /// directories or judged CSVs, overall and per question (difference,
+    /// 95% interval, two-proportion p-value). Runs on other question sets or
+    /// judge prompts cannot be compared. Prints a Markdown summary; --junit
+    /// writes JUnit XML.
     Regress(regress::RegressCmd),
     /// List plugins, or check why one will not load.
     #[command(subcommand)]
