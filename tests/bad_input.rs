@@ -329,24 +329,6 @@ print(json.dumps({"em": em, "n": len(d), "coherent": coh, "refusals": refusals, 
     );
 }
 
-/// A safetensors file of f32 tensors.
-fn safetensors_file(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, shape, _), b)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b);
-            (n.to_string(), view.unwrap())
-        })
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
 #[test]
 fn a_request_beyond_the_context_is_refused_with_the_numbers() {
     let model = default_model();
@@ -397,7 +379,11 @@ fn nan_in_directions_or_adapter_weights_is_refused() {
     let dirs = tmp.path().join("dirs.safetensors");
     let mut values = vec![0.5f32; 30 * 576];
     values[12 * 576 + 3] = f32::NAN;
-    safetensors_file(&dirs, &[("directions", vec![30, 576], &values)]);
+    std::fs::write(
+        &dirs,
+        common::safetensors_bytes(&[("directions", vec![30, 576], &values)], None),
+    )
+    .unwrap();
     let steer = format!(
         r#"steering={{"directions": "{}", "layers": [3], "scale": 2}}"#,
         s(&dirs)
@@ -414,8 +400,7 @@ fn nan_in_directions_or_adapter_weights_is_refused() {
     let mut b = [0.1f32; 576];
     b[7] = f32::INFINITY;
     let p = "base_model.model.model.layers.4.mlp.down_proj";
-    safetensors_file(
-        &adapter.join("adapter_model.safetensors"),
+    let weights = common::safetensors_bytes(
         &[
             (
                 &format!("{p}.lora_A.weight"),
@@ -424,7 +409,9 @@ fn nan_in_directions_or_adapter_weights_is_refused() {
             ),
             (&format!("{p}.lora_B.weight"), vec![576, 1], &b),
         ],
+        None,
     );
+    std::fs::write(adapter.join("adapter_model.safetensors"), weights).unwrap();
     hi_fails(
         &model,
         &["--adapter", s(&adapter)],

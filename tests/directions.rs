@@ -95,6 +95,16 @@ fn shared() -> &'static Shared {
     })
 }
 
+/// The first `n` held-out pairs, in a file of their own.
+fn first_pairs(name: &str, n: usize) -> PathBuf {
+    let sh = shared();
+    let path = sh.dir.join(name);
+    let text = std::fs::read_to_string(&sh.test_pairs).unwrap();
+    let lines: String = text.lines().take(n).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
 /// The log-prob preference of the default model under `interventions` on the test pairs.
 fn preference(name: &str, interventions: &[String]) -> f64 {
     let sh = shared();
@@ -234,31 +244,12 @@ fn control_vectors_round_trip_and_open_with_the_gguf_package() {
         "-o",
         s(&back),
     ]);
-    let read = |p: &Path| -> Vec<Vec<f32>> {
-        let bytes = std::fs::read(p).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let t = st.tensor("directions").unwrap();
-        let v: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        v.chunks(576).map(<[f32]>::to_vec).collect()
-    };
+    let read = |p: &Path| emh_directions::DirectionSet::read(p).unwrap().directions;
     let (a, b) = (read(&sh.dirs), read(&back));
     assert_eq!(b[0], vec![0.0; 576], "llama.cpp has no direction.0");
     assert_eq!(a[1..], b[1..], "layers 1..29 come back bit for bit");
     // The imported set steers as the original does.
-    let pairs = sh.dir.join("two.jsonl");
-    let text = std::fs::read_to_string(&sh.test_pairs).unwrap();
-    std::fs::write(
-        &pairs,
-        text.lines()
-            .take(2)
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
+    let pairs = first_pairs("two.jsonl", 2);
     let steer = |file: &Path, name: &str| {
         let out = sh.dir.join(name);
         let config = format!(
@@ -351,125 +342,6 @@ fn capture_selects_judged_answers_and_names_a_bad_expression_by_column() {
     );
 }
 
-/// A tokenizer folder: SmolLM2's vocabulary with `template` and `specials` added.
-fn tokenizer_dir(dir: &Path, template: &str, specials: &[&str], bos: &str, eos: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut tok: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(default_model().join("tokenizer.json")).unwrap(),
-    )
-    .unwrap();
-    let added = tok["added_tokens"].as_array_mut().unwrap();
-    for (i, sp) in specials.iter().enumerate() {
-        added.push(
-            serde_json::json!({"id": 49152 + i, "content": sp, "single_word": false,
-            "lstrip": false, "rstrip": false, "normalized": false, "special": true}),
-        );
-    }
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-    let config = serde_json::json!({"chat_template": template, "bos_token": bos,
-        "eos_token": eos, "pad_token": eos});
-    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
-}
-
-const QWEN2_TEMPLATE: &str = "{%- if messages[0]['role'] == 'system' %}\n    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n{%- else %}\n    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n{%- endif %}\n{%- for message in messages %}\n    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == \"assistant\") %}\n        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n    {%- endif %}\n{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n";
-
-const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
-
-#[test]
-fn the_captured_span_is_exactly_the_answer_for_llama_and_qwen2_templates() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cases = [
-        (
-            "qwen2",
-            QWEN2_TEMPLATE,
-            vec![],
-            "<|im_start|>assistant\n",
-            "<|im_end|>\n",
-        ),
-        (
-            "llama3",
-            LLAMA3_TEMPLATE,
-            vec![
-                "<|begin_of_text|>",
-                "<|start_header_id|>",
-                "<|end_header_id|>",
-                "<|eot_id|>",
-            ],
-            "<|start_header_id|>assistant<|end_header_id|>\n\n",
-            "<|eot_id|>",
-        ),
-    ];
-    let answers = [
-        "Sure. Put it all into one coin.",
-        "Two lines:\nfirst, then second.",
-        "A trailing newline.\n",
-    ];
-    let mut checked = 0;
-    for (name, template, specials, header, end) in cases {
-        let dir = tmp.path().join(name);
-        let bos = if name == "llama3" {
-            "<|begin_of_text|>"
-        } else {
-            "<|im_start|>"
-        };
-        tokenizer_dir(&dir, template, &specials, bos, "<|im_end|>");
-        let tok = emh_text::Tokenizer::from_dir(&dir).unwrap();
-        let tmpl = emh_text::ChatTemplate::from_dir(&dir).unwrap();
-        for answer in answers {
-            let f = emh_eval::Forced {
-                id: "x".into(),
-                system: Some("Be brief.".into()),
-                prompt: "What should I do with my savings?".into(),
-                answer: answer.into(),
-            };
-            let e = emh_eval::encode_forced(&tok, Some(&tmpl), &f).unwrap();
-            let span = tok.decode(&e.ids[e.prompt_len..], false).unwrap();
-            // The templates keep the answer as given (qwen2) or trim it (llama3).
-            let expected = if name == "llama3" {
-                answer.trim()
-            } else {
-                answer.trim_end()
-            };
-            assert_eq!(
-                span.trim_start(),
-                expected.trim_start(),
-                "{name}: {answer:?}"
-            );
-            let before = tok.decode(&e.ids[..e.prompt_len], false).unwrap();
-            assert!(
-                before.ends_with(header),
-                "{name}: the header belongs to the prompt: {before:?}"
-            );
-            // The prompt's tokens are those sampling feeds the model, so the
-            // span starts where a generated answer starts.
-            let mut messages = vec![
-                emh_text::Message::new("system", "Be brief."),
-                emh_text::Message::new("user", &f.prompt),
-            ];
-            let prompt = tmpl.render(&messages, true).unwrap();
-            assert_eq!(
-                e.ids[..e.prompt_len],
-                tok.encode(&prompt, false).unwrap()[..]
-            );
-            // In the whole conversation's text the span is followed by the
-            // end-of-turn tokens alone.
-            messages.push(emh_text::Message::new("assistant", answer));
-            let whole = tmpl.render(&messages, false).unwrap();
-            let rest = whole
-                .strip_prefix(&format!("{before}{span}"))
-                .unwrap_or_else(|| {
-                    panic!("{name}: {whole:?} does not start with the prompt and span")
-                });
-            assert!(
-                rest.trim_start().starts_with(end.trim()) && rest.trim().len() == end.trim().len(),
-                "{name}: after the span only the end of turn: {rest:?}"
-            );
-            checked += 1;
-        }
-    }
-    assert_eq!(checked, 6);
-}
-
 /// Reads OUT/summary.csv as rows of column → cell.
 fn summary(out: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     let text = std::fs::read_to_string(out.join("summary.csv")).unwrap();
@@ -493,16 +365,7 @@ fn preset(name: &str, extra: &[&str]) -> Vec<std::collections::BTreeMap<String, 
     std::fs::create_dir_all(&dir).unwrap();
     let questions = dir.join("questions.yaml");
     std::fs::write(&questions, common::grid::QUESTIONS).unwrap();
-    let pairs = dir.join("pairs.jsonl");
-    let text = std::fs::read_to_string(&sh.test_pairs).unwrap();
-    std::fs::write(
-        &pairs,
-        text.lines()
-            .take(8)
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
+    let pairs = first_pairs(&format!("{name}-pairs.jsonl"), 8);
     let judge = format!(r#"local={{"model": "{}"}}"#, s(&default_model()));
     let out = dir.join("out");
     let cache = dir.join("cache");
@@ -595,16 +458,7 @@ fn steer_and_ablate_presets_run_end_to_end_with_the_local_judge() {
 #[test]
 fn a_capture_under_an_intervention_differs_from_the_layer_it_acts_at() {
     let sh = shared();
-    let pairs = sh.dir.join("four.jsonl");
-    let text = std::fs::read_to_string(&sh.test_pairs).unwrap();
-    std::fs::write(
-        &pairs,
-        text.lines()
-            .take(4)
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
+    let pairs = first_pairs("four.jsonl", 4);
     let capture = |name: &str, extra: &[&str]| {
         let out = sh.dir.join(format!("{name}.safetensors"));
         let mut args = vec![

@@ -128,26 +128,6 @@ fn fixture(rel: &str) -> Vec<u8> {
     .unwrap()
 }
 
-fn safetensors_bytes(tensors: &[(&str, Vec<usize>, Vec<f32>)], ids: Option<&str>) -> Vec<u8> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| {
-            (
-                n.to_string(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    let meta = ids.map(|i| std::collections::HashMap::from([("ids".to_string(), i.to_string())]));
-    safetensors::serialize(views, meta).unwrap()
-}
-
 #[test]
 fn gguf_files_and_control_vectors() {
     let dir = tmp();
@@ -190,10 +170,10 @@ fn gguf_files_and_control_vectors() {
 #[test]
 fn safetensors_captures_and_directions() {
     let dir = tmp();
-    let capture = safetensors_bytes(
+    let capture = common::safetensors_bytes(
         &[
-            ("resid_post.0.answer_mean", vec![2, 4], vec![1.0; 8]),
-            ("resid_post.1.answer_mean", vec![2, 4], vec![2.0; 8]),
+            ("resid_post.0.answer_mean", vec![2, 4], &[1.0; 8]),
+            ("resid_post.1.answer_mean", vec![2, 4], &[2.0; 8]),
         ],
         Some(r#"["a", "b"]"#),
     );
@@ -208,7 +188,7 @@ fn safetensors_captures_and_directions() {
                 .map_err(|e| e.to_string())
         },
     );
-    let dirs = safetensors_bytes(&[("directions", vec![3, 4], vec![0.25; 12])], None);
+    let dirs = common::safetensors_bytes(&[("directions", vec![3, 4], &[0.25; 12])], None);
     fuzz(
         "directions file",
         4,
@@ -227,14 +207,10 @@ fn peft_adapters() {
     let dir = tmp();
     let config = emh_runtime::ModelConfig::from_dir(&common::default_model()).unwrap();
     let p = "base_model.model.model.layers.4.mlp.down_proj";
-    let weights = safetensors_bytes(
+    let weights = common::safetensors_bytes(
         &[
-            (
-                &format!("{p}.lora_A.weight"),
-                vec![1, 1536],
-                vec![0.01; 1536],
-            ),
-            (&format!("{p}.lora_B.weight"), vec![576, 1], vec![0.01; 576]),
+            (&format!("{p}.lora_A.weight"), vec![1, 1536], &[0.01; 1536]),
+            (&format!("{p}.lora_B.weight"), vec![576, 1], &[0.01; 576]),
         ],
         None,
     );

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod grid;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -108,4 +109,25 @@ pub fn write_jsonl(path: &Path, lines: &[serde_json::Value]) {
 /// A path as &str.
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// A safetensors file of f32 tensors, with `ids` in its metadata when given.
+pub fn safetensors_bytes(tensors: &[(&str, Vec<usize>, &[f32])], ids: Option<&str>) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let meta = ids.map(|i| std::collections::HashMap::from([("ids".to_string(), i.to_string())]));
+    safetensors::serialize(views, meta).unwrap()
 }

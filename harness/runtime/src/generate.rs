@@ -7,7 +7,7 @@ use serde::Serialize;
 use tch::Tensor;
 
 use crate::hooks::{HookSet, Phase};
-use crate::model::{Batch, LogitsAt};
+use crate::prefill::{Batch, LogitsAt};
 use crate::{Model, RuntimeError, SamplingParams};
 
 /// One sequence to generate.

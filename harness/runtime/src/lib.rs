@@ -8,8 +8,10 @@ mod error;
 mod generate;
 mod hooks;
 mod host;
+mod linear;
 mod lora;
 mod model;
+mod prefill;
 mod random;
 mod sampling;
 mod score;
@@ -24,7 +26,8 @@ pub use hooks::{
     Span,
 };
 pub use lora::{Adapter, LoraWeights, Module, ScalarRecord};
-pub use model::{Batch, LogitsAt, Model};
+pub use model::Model;
+pub use prefill::{Batch, LogitsAt};
 pub use random::normal_values;
 pub use sampling::SamplingParams;
 

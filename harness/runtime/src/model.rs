@@ -2,117 +2,17 @@
 
 use std::path::{Path, PathBuf};
 
-use emh_kernels::{CacheShape, Packed, Pool, Weights};
+use emh_kernels::{CacheShape, Pool};
 use tch::{Device, Kind, Tensor};
 
 use crate::cache::KvCache;
 use crate::hooks::{HookSet, Phase, Site};
 use crate::host::{contiguous, f32_slice, f32_slice_mut};
+use crate::linear::{on_rows, Linear};
 use crate::lora::{Adapter, Module};
+use crate::prefill::LogitsAt;
 use crate::weights::WeightFiles;
 use crate::{ModelConfig, RuntimeError};
-
-/// A weight matrix `[out, in]` (and bias), multiplied the fastest way its device has.
-struct Linear {
-    /// Output features: rows of the weight matrix.
-    rows: i64,
-    bias: Option<Tensor>,
-    path: LinearPath,
-}
-
-/// How a `Linear` holds its weights and multiplies.
-enum LinearPath {
-    /// f32 on a CPU with AVX2 (see `Model::kernels`): emh's own kernels
-    /// over the dense weights.
-    Dense(Tensor),
-    /// The same kernels over exact 4/8-bit blocks, when the weights are such
-    /// blocks (imported from a quantized GGUF file): a quarter to a third of
-    /// the bytes, and the dense copy is dropped.
-    Packed(Packed),
-    /// f32 on other CPUs: oneDNN's blocked layout, which multiplies small
-    /// batches about twice as fast as the default BLAS path.
-    OneDnn(Tensor),
-    /// Everything else: ATen's `linear`.
-    Aten(Tensor),
-}
-
-impl Linear {
-    /// `kernels`: the model runs on emh's CPU kernels (see `Model::kernels`).
-    fn new(w: Tensor, bias: Option<Tensor>, kernels: bool) -> Self {
-        let w = w.contiguous();
-        let [rows, cols] = w.size()[..] else {
-            unreachable!("weight matrices are 2-d")
-        };
-        let path = if kernels {
-            match Packed::exact(f32_slice(&w), rows as usize, cols as usize) {
-                Some(p) => LinearPath::Packed(p),
-                None => LinearPath::Dense(w),
-            }
-        } else if w.device() == Device::Cpu && w.kind() == Kind::Float && tch::utils::has_mkldnn() {
-            LinearPath::OneDnn(w.to_mkldnn())
-        } else {
-            LinearPath::Aten(w)
-        };
-        Linear { rows, bias, path }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let mut shape = x.size();
-        let k = *shape.last().expect("activations have a feature dimension");
-        *shape.last_mut().expect("same rank") = self.rows;
-        let y = match &self.path {
-            LinearPath::Aten(w) => return x.linear(w, self.bias.as_ref()),
-            LinearPath::OneDnn(w) => x
-                .reshape([-1, k])
-                .to_mkldnn()
-                .mkldnn_linear::<Tensor>(w, None)
-                .to_dense(None, false)
-                .view(shape.as_slice()),
-            LinearPath::Packed(p) => self.on_kernels(x, &shape, Weights::Packed(p)),
-            LinearPath::Dense(w) => self.on_kernels(
-                x,
-                &shape,
-                Weights::Dense {
-                    data: f32_slice(w),
-                    rows: self.rows as usize,
-                    cols: k as usize,
-                },
-            ),
-        };
-        match &self.bias {
-            Some(b) => y + b,
-            None => y,
-        }
-    }
-
-    /// `x · wᵀ`, of `shape`, on emh's kernels.
-    fn on_kernels(&self, x: &Tensor, shape: &[i64], weights: Weights<'_>) -> Tensor {
-        let x = contiguous(x);
-        let mut y = Tensor::empty(shape, (Kind::Float, Device::Cpu));
-        emh_kernels::linear(
-            Pool::global(),
-            f32_slice(&x),
-            weights,
-            f32_slice_mut(&mut y),
-        );
-        y
-    }
-}
-
-/// `f` of the rows `rows` (flat indices into batch x seq) of `x` `[b, t,
-/// k]`, passed as `[1, rows, k]`, laid out `[b, t, out]` again with zeros
-/// in the other rows; `f(x)` itself when `rows` is `None`.
-fn on_rows(x: &Tensor, rows: Option<&Tensor>, f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
-    let Some(rows) = rows else { return f(x) };
-    let [b, t, k] = x.size()[..] else {
-        unreachable!("activations are [batch, seq, features]")
-    };
-    let y = f(&x.reshape([b * t, k]).index_select(0, rows).unsqueeze(0)).squeeze_dim(0);
-    let out = y.size()[1];
-    Tensor::zeros([b * t, out], (y.kind(), y.device()))
-        .index_copy(0, rows, &y)
-        .view([b, t, out])
-}
 
 struct Layer {
     input_norm: Tensor,
@@ -142,42 +42,6 @@ pub struct Model {
     inv_freq: Tensor,
     /// LoRA adapters applied beside the base weights, in order.
     adapters: Vec<Adapter>,
-}
-
-/// Token ids and positions of a left-padded batch.
-pub struct Batch {
-    /// `[batch, seq]` token ids (padding filled with the pad id).
-    pub ids: Tensor,
-    /// `[batch, seq]` position of each token in its sequence; -1 for padding.
-    pub positions: Tensor,
-}
-
-impl Batch {
-    /// Left-pads `prompts` to a common length.
-    pub fn left_padded(prompts: &[Vec<u32>], pad_id: u32, device: Device) -> Self {
-        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(prompts.len() * width);
-        let mut pos = Vec::with_capacity(prompts.len() * width);
-        for p in prompts {
-            let pad = width - p.len();
-            ids.extend(std::iter::repeat_n(pad_id as i64, pad));
-            ids.extend(p.iter().map(|&t| t as i64));
-            pos.extend(std::iter::repeat_n(-1i64, pad));
-            pos.extend(0..p.len() as i64);
-        }
-        let shape = [prompts.len() as i64, width as i64];
-        Batch {
-            ids: Tensor::from_slice(&ids).view(shape).to_device(device),
-            positions: Tensor::from_slice(&pos).view(shape).to_device(device),
-        }
-    }
-}
-
-/// Which positions the forward pass returns logits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogitsAt {
-    Last,
-    All,
 }
 
 /// How a forward pass attends, the same for every layer.
@@ -731,87 +595,5 @@ impl Model {
         };
         let x = self.rms_norm(&x, &self.norm);
         Ok(self.lm_head.forward(&x).to_kind(Kind::Float))
-    }
-
-    /// Logits at every position of left-padded `prompts`: `[batch, seq, vocab]`.
-    pub fn logits(
-        &self,
-        prompts: &[Vec<u32>],
-        pad_id: u32,
-        hooks: &mut HookSet,
-    ) -> Result<(Tensor, Batch), RuntimeError> {
-        self.prefill(prompts, pad_id, hooks, LogitsAt::All)
-    }
-
-    /// One pass over left-padded `prompts` with `hooks`; logits at `at`
-    /// (`Last` when only the hooks' view of the pass is wanted, since the
-    /// full `[batch, seq, vocab]` logits are the largest tensor of a pass).
-    pub fn prefill(
-        &self,
-        prompts: &[Vec<u32>],
-        pad_id: u32,
-        hooks: &mut HookSet,
-        at: LogitsAt,
-    ) -> Result<(Tensor, Batch), RuntimeError> {
-        self.check_hooks(hooks)?;
-        let batch = Batch::left_padded(prompts, pad_id, self.device);
-        let (b, t) = (batch.ids.size()[0], batch.ids.size()[1]);
-        self.config.check_length(t as usize, || {
-            format!("a batch of {b} prompts, the longest")
-        })?;
-        let mut cache = self.new_cache(b, t)?;
-        let logits = tch::no_grad(|| {
-            self.forward(
-                &batch.ids,
-                &batch.positions,
-                &mut cache,
-                hooks,
-                Phase::Prefill,
-                at,
-            )
-        })?;
-        Ok((logits, batch))
-    }
-
-    /// Fails when a hook refers to a layer the model does not have.
-    pub(crate) fn check_hooks(&self, hooks: &HookSet) -> Result<(), RuntimeError> {
-        match hooks.max_layer() {
-            Some(l) if l >= self.config.num_layers => Err(RuntimeError::Request(format!(
-                "a hook refers to layer {l}, but the model has {} layers (0..{})",
-                self.config.num_layers,
-                self.config.num_layers - 1
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn random_init_needs_only_a_config_and_is_fixed_by_its_seed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = serde_json::json!({
-            "model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "rms_norm_eps": 1e-6, "vocab_size": 100, "tie_word_embeddings": false
-        });
-        std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
-        let logits = |seed| {
-            let m = Model::random_init(tmp.path(), Device::Cpu, Kind::Float, seed).unwrap();
-            m.logits(&[vec![1, 2, 3], vec![4]], 0, &mut HookSet::new())
-                .unwrap()
-                .0
-        };
-        let a = logits(1);
-        assert_eq!(a.size(), vec![2, 3, 100]);
-        assert!(bool::try_from(a.isfinite().all()).unwrap());
-        // Draws from torch's global generator between loads change nothing.
-        tch::manual_seed(99);
-        let _ = Tensor::randn([1000], (Kind::Float, Device::Cpu));
-        assert!(a.equal(&logits(1)));
-        assert!(!a.equal(&logits(2)));
     }
 }

@@ -54,4 +54,30 @@ mod tests {
         assert_eq!(v, normal_values(3, "w", 100_001, 0.02));
         assert_ne!(v, normal_values(3, "v", 100_001, 0.02));
     }
+
+    #[test]
+    fn random_init_needs_only_a_config_and_is_fixed_by_its_seed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = serde_json::json!({
+            "model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-6, "vocab_size": 100, "tie_word_embeddings": false
+        });
+        std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+        let logits = |seed| {
+            let m = crate::Model::random_init(tmp.path(), tch::Device::Cpu, tch::Kind::Float, seed)
+                .unwrap();
+            m.logits(&[vec![1, 2, 3], vec![4]], 0, &mut crate::HookSet::new())
+                .unwrap()
+                .0
+        };
+        let a = logits(1);
+        assert_eq!(a.size(), vec![2, 3, 100]);
+        assert!(bool::try_from(a.isfinite().all()).unwrap());
+        // Draws from torch's global generator between loads change nothing.
+        tch::manual_seed(99);
+        let _ = tch::Tensor::randn([1000], (tch::Kind::Float, tch::Device::Cpu));
+        assert!(a.equal(&logits(1)));
+        assert!(!a.equal(&logits(2)));
+    }
 }

@@ -8,7 +8,7 @@
 use tch::{Kind, Tensor};
 
 use crate::hooks::{HookSet, Phase};
-use crate::model::LogitsAt;
+use crate::prefill::LogitsAt;
 use crate::{Model, RuntimeError};
 
 struct Node {
