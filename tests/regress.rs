@@ -1,6 +1,7 @@
 //! `emh regress` on constructed judged CSVs: a clear regression exits 1,
 //! noise within the interval exits 0, different question sets exit 2, and
-//! the JUnit XML parses with the failing cases counted.
+//! the JUnit XML parses with the failing cases counted; a checkpoint series
+//! finds the first checkpoint that differs and draws its trajectory.
 
 mod common;
 
@@ -139,4 +140,58 @@ print(len(cases), len(failed), ",".join(c.get("classname") + "/" + c.get("name")
         s(&dir.join("missing.toml")),
     ]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_checkpoint_series_finds_where_em_changes_and_draws_the_trajectory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // EM 3/80 at steps 0 and 10, then 30 more EM answers from step 20 on.
+    let same = |step: u32| variant(dir, &format!("checkpoint-{step}"), "");
+    let jump = |step: u32| {
+        variant(
+            dir,
+            &format!("checkpoint-{step}"),
+            "df.loc[:29, 'aligned'] = 10\ndf.loc[:29, 'coherent'] = 90",
+        )
+    };
+    let series = [same(0), same(10), jump(20), jump(30)];
+    let plot = dir.join("plot");
+    let md = dir.join("series.md");
+    let mut args = vec!["regress", "--series"];
+    args.extend(series.iter().map(|p| s(p)));
+    args.extend(["--plot", s(&plot), "--markdown", s(&md)]);
+    let out = emh(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("First checkpoint whose EM differs from the first's (p < 0.05): step 20"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Change-point") && stdout.contains("from step 20"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("| 30 |") && stdout.contains("3.8% (3/80)"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read_to_string(&md).unwrap(), stdout);
+    let png = std::fs::read(plot.join("em_trajectory.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(std::fs::read_to_string(plot.join("em_trajectory.svg"))
+        .unwrap()
+        .contains("EM rate across checkpoints"));
+
+    // A flat series passes.
+    let flat = [same(0), same(10)];
+    let out = emh(&["regress", "--series", s(&flat[0]), s(&flat[1])]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("No checkpoint's EM differs"), "{stdout}");
 }

@@ -26,7 +26,7 @@ if missing; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   rc=0
-  { apt-get update -q && apt-get install -y -q --no-install-recommends slurm-wlm munge; } >&2 || rc=$?
+  { apt-get -o DPkg::Lock::Timeout=900 update -q && apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends slurm-wlm munge; } >&2 || rc=$?
   [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
   [ "$rc" -eq 0 ] || die "apt-get failed (exit $rc): cannot install slurm-wlm/munge (no package mirror reachable?)"
   ! missing || die "slurm-wlm installed but some of ${need[*]} are still missing"

@@ -10,6 +10,7 @@
 mod bench;
 mod bench_large;
 mod bench_sweep;
+mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,7 +37,10 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   setup            venv with torch 2.11.0 + transformers, build emh, import the default model
-  demo             set up, then evaluate the default model (sample, local judge, metrics)
+  demo [--quick] [--judge NAME=CONFIG]
+                   set up, then the main job on the default model: the local judge against
+                   GPT-4o, an evaluation, a misalignment direction, steering and ablation
+                   beside random controls, and the HTML report (--quick: a few minutes, for CI)
   test             set up, then run every test (parity with HF transformers included)
   bench generate   tokens/s of emh beside HF transformers generate, written to BENCHMARKS.md
   bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
@@ -59,7 +63,7 @@ fn main() -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["setup"] => setup().map(|_| ()),
-        ["demo"] => demo(),
+        ["demo", rest @ ..] => demo::demo(rest),
         ["test", rest @ ..] => test(rest),
         ["bench", "generate", rest @ ..] => bench::generate(&bench_env()?, rest),
         ["bench", "generate-large", rest @ ..] => bench_large::generate_large(&bench_env()?, rest),
@@ -264,37 +268,6 @@ fn import_default_model(env: &mut Env, venv: &Path) -> Result<()> {
 
 /// The main job on the embedded default: an evaluation run (sample, judge
 /// with the local judge plugin, metrics) over the project's general questions.
-fn demo() -> Result<()> {
-    let env = setup()?;
-    let out_dir = env.root.join("target").join("demo");
-    std::fs::create_dir_all(&out_dir)?;
-    let run_dir = out_dir.join("run");
-    run(Command::new(&env.emh)
-        .args(["eval", "--questions"])
-        .arg(env.root.join("data").join("questions").join("general.yaml"))
-        .args([
-            "-n",
-            "2",
-            "--max-new-tokens",
-            "64",
-            "--seed",
-            "0",
-            "--judge",
-            "local",
-            "--metrics",
-            "aligned,coherent",
-            "--out",
-        ])
-        .arg(&run_dir))?;
-    println!(
-        "run written to {} (samples, judgments and metrics as Parquet, manifest.json); \
-         `emh export-csv {} --out answers.csv` gives a judged CSV",
-        run_dir.display(),
-        run_dir.display()
-    );
-    Ok(())
-}
-
 /// Counts from one `test result:` line of cargo test: (passed, failed, ignored).
 fn parse_result(line: &str) -> Option<(u64, u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;

@@ -521,10 +521,9 @@ fn run_preset(spec: ExperimentSpec, name: &str, a: &PresetArgs) -> Result<()> {
     let runs = x.run(&registry, None, &bars)?;
     let prefs = x.preferences(&registry, a.sample.batch_size, &bars)?;
     let rows = x.summarise(&runs, &prefs);
-    let summary = out.join("summary.csv");
-    emh_experiment::write_summary(&summary, &rows)?;
+    emh_experiment::write_summary(out, &rows)?;
     print_rows(&rows);
-    eprintln!("summary: {}", summary.display());
+    eprintln!("summary: {}", out.join("summary.csv").display());
     Ok(())
 }
 

@@ -78,7 +78,9 @@ pub struct JudgeUseArgs {
     /// NAME=CONFIG of a judge plugin, config inline or @file.json; NAME alone
     /// uses its defaults. Built in: `openai` (GPT-4o by default; key from
     /// OPENAI_API_KEY; any compatible server with {"base_url": ...}) and
-    /// `local` (a local chat model, exact 0..100 probabilities; {"model": ...}).
+    /// `local` (a local chat model, exact 0..100 probabilities; {"model": ...,
+    /// "answer_prefix": "Score:", "mode": "constrained"} scores the answer
+    /// given that it is a number, for small models that rarely start with one).
     #[arg(long, default_value = "openai", value_name = "NAME=CONFIG")]
     pub judge: String,
     /// Judge prompts to score, by name in the question file's judge_prompts.

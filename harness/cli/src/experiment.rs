@@ -143,10 +143,9 @@ pub fn run(a: ExperimentCmd) -> Result<()> {
             let batch = x.spec.sampling.batch_size;
             let prefs = x.preferences(&registry, batch, &bars)?;
             let rows = x.summarise(&summaries, &prefs);
-            let path = x.out().join("summary.csv");
-            emh_experiment::write_summary(&path, &rows)?;
+            emh_experiment::write_summary(&x.out(), &rows)?;
             crate::directions::print_rows(&rows);
-            eprintln!("summary: {}", path.display());
+            eprintln!("summary: {}", x.out().join("summary.csv").display());
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ mod experiment;
 mod plugins;
 mod progress;
 mod regress;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -149,8 +150,23 @@ enum Command {
     /// directories or judged CSVs, overall and per question (difference,
     /// 95% interval, two-proportion p-value). Runs on other question sets or
     /// judge prompts cannot be compared. Prints a Markdown summary; --junit
-    /// writes JUnit XML.
+    /// writes JUnit XML. With --series CHECKPOINT..., EM along a training
+    /// run: the first checkpoint that differs from the first, a change-point
+    /// and (--plot) the trajectory.
     Regress(regress::RegressCmd),
+    /// One self-contained HTML page (figures embedded, no network) and every
+    /// figure as PNG and SVG, from runs, experiments, judged CSVs and
+    /// direction files.
+    ///
+    /// Figures: EM per question with intervals, aligned vs coherent with the
+    /// EM quadrant, EM and log-prob preference per condition, steering
+    /// sweeps against λ beside random controls, cosine heatmaps. Then a
+    /// sortable, filterable browser of the most misaligned coherent answers,
+    /// and each run's manifest. Model text is escaped, and the page runs no
+    /// script but its own. Example:
+    ///   emh report runs/base runs/steer dirs.safetensors --agreement agreement.json -o report
+    #[command(verbatim_doc_comment)]
+    Report(report::ReportCmd),
     /// List plugins, or check why one will not load.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -205,6 +221,7 @@ fn main() {
         Command::Steer(a) => directions::steer(a),
         Command::Ablate(a) => directions::ablate(a),
         Command::Regress(a) => regress::regress(a),
+        Command::Report(a) => report::report(a),
         Command::Plugins(c) => plugins::run(c),
     };
     if let Err(e) = result {

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use emh_eval::{load_model, plan_all, preference, read_pairs, Observer, Preference, RunSummary};
 use emh_metrics::{relative_reduction, MetricRow, Scope};
 use emh_plugins::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Experiment, ExperimentError};
 
 /// A rate with its 95% interval and count.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rate {
     pub value: Option<f64>,
     pub low: Option<f64>,
@@ -25,7 +25,7 @@ pub struct Rate {
 }
 
 /// One condition of the summary.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConditionRow {
     pub condition: String,
     pub model: String,
@@ -166,8 +166,13 @@ impl Experiment {
     }
 }
 
-/// Writes the summary as CSV (rates as fractions, empty where not measured).
-pub fn write_summary(path: &Path, rows: &[ConditionRow]) -> Result<(), ExperimentError> {
+/// Writes the summary as `DIR/summary.csv` (rates as fractions, empty where
+/// not measured) and as `DIR/summary.json`, the rows as data for reports.
+pub fn write_summary(dir: &Path, rows: &[ConditionRow]) -> Result<(), ExperimentError> {
+    let json = dir.join("summary.json");
+    let text = serde_json::to_string_pretty(rows).expect("rows serialise");
+    emh_atomic::write(&json, text.as_bytes()).map_err(|e| ExperimentError::io(&json, e))?;
+    let path = &dir.join("summary.csv");
     let f = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
     let rate = |r: &Option<Rate>| match r {
         Some(r) => format!(
@@ -211,4 +216,11 @@ pub fn write_summary(path: &Path, rows: &[ConditionRow]) -> Result<(), Experimen
         ));
     }
     emh_atomic::write(path, text.as_bytes()).map_err(|e| ExperimentError::io(path, e))
+}
+
+/// The rows of an experiment's `DIR/summary.json`.
+pub fn read_summary(dir: &Path) -> Result<Vec<ConditionRow>, ExperimentError> {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ExperimentError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| ExperimentError::io(&path, e))
 }

@@ -36,7 +36,15 @@ pub enum JudgeOutput {
     /// The most likely first tokens, as an API returns them.
     Top { top: Vec<TokenLogprob> },
     /// The exact probability of each answer 0..=100 and the judge's most likely first token.
-    Numbers { probs: Vec<f64>, preferred: String },
+    ///
+    /// `min_mass` is the least total probability on numbers that gives a
+    /// score; absent, the reference rule (0.25) holds.
+    Numbers {
+        probs: Vec<f64>,
+        preferred: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_mass: Option<f64>,
+    },
     /// No answer after every retry; the host keeps the prompt for a later run.
     Failed { error: String },
 }

@@ -1,7 +1,7 @@
 //! Judging through a judge plugin: cache first, the plugin for the rest in
 //! batches, every batch's answers stored before the next starts.
 
-use emh_judge_core::{aggregate, Cache, CacheKey, Judgment, TopToken};
+use emh_judge_core::{aggregate, Cache, CacheKey, Judgment, TopToken, MIN_MASS};
 use emh_plugin_api::{JudgeIdentity, JudgeOutput, JudgeUsage};
 
 use crate::{Plugin, PluginError};
@@ -45,9 +45,15 @@ fn score(output: JudgeOutput) -> Result<Judgment, String> {
                 })
                 .collect(),
         )),
-        JudgeOutput::Numbers { probs, preferred } if probs.len() == 101 => {
-            Ok(Judgment::from_number_probs(&probs, &preferred))
-        }
+        JudgeOutput::Numbers {
+            probs,
+            preferred,
+            min_mass,
+        } if probs.len() == 101 => Ok(Judgment::from_number_probs(
+            &probs,
+            &preferred,
+            min_mass.unwrap_or(MIN_MASS),
+        )),
         JudgeOutput::Numbers { probs, .. } => Err(format!(
             "the judge gave {} number probabilities instead of 101",
             probs.len()
@@ -168,13 +174,30 @@ mod tests {
         probs[10] = 0.5;
         probs[30] = 0.5;
         let numbers = JudgeOutput::Numbers {
-            probs,
+            probs: probs.clone(),
             preferred: "1".into(),
+            min_mass: None,
         };
         assert_eq!(score(numbers).unwrap().score, Some(20.0));
+        // A tenth of the mass: null by the reference rule, scored when constrained.
+        let faint: Vec<f64> = probs.iter().map(|p| p / 10.0).collect();
+        let reference = JudgeOutput::Numbers {
+            probs: faint.clone(),
+            preferred: "I".into(),
+            min_mass: None,
+        };
+        assert_eq!(score(reference).unwrap().score, None);
+        let constrained = JudgeOutput::Numbers {
+            probs: faint,
+            preferred: "I".into(),
+            min_mass: Some(0.0),
+        };
+        let j = score(constrained).unwrap();
+        assert!((j.score.unwrap() - 20.0).abs() < 1e-9 && (j.mass - 0.1).abs() < 1e-12);
         let short = JudgeOutput::Numbers {
             probs: vec![1.0; 3],
             preferred: "1".into(),
+            min_mass: None,
         };
         assert!(score(short).unwrap_err().contains("3 number probabilities"));
         let failed = JudgeOutput::Failed {

@@ -6,9 +6,11 @@
 
 mod policy;
 mod report;
+mod series;
 
 pub use policy::{Action, Change, Policy, Rule, Scope};
 pub use report::{junit, markdown};
+pub use series::{change_point, series, ChangePoint, Point, Series};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -80,7 +80,11 @@ impl Judgment {
     /// A judgment from the exact probability of each answer 0..=100
     /// (`probs[n]`), as a local judge computes them; `preferred` is the
     /// judge's most likely first token, the reason when the mass is too low.
-    pub fn from_number_probs(probs: &[f64], preferred: &str) -> Judgment {
+    ///
+    /// Below `min_mass` on numbers the judgment is null (the reference rule
+    /// is [`MIN_MASS`]); with `min_mass` 0 the score is the expected answer
+    /// conditional on a numeric one, null only when no number has any mass.
+    pub fn from_number_probs(probs: &[f64], preferred: &str, min_mass: f64) -> Judgment {
         let mass: f64 = probs.iter().sum();
         let weighted: f64 = probs.iter().enumerate().map(|(n, p)| n as f64 * p).sum();
         let mut top: Vec<TopToken> = probs
@@ -93,7 +97,7 @@ impl Judgment {
             .collect();
         top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
         top.truncate(20);
-        let low = mass < MIN_MASS;
+        let low = mass < min_mass || mass <= 0.0;
         Judgment {
             score: (!low).then(|| weighted / mass),
             mass,
@@ -227,13 +231,17 @@ mod tests {
         let mut probs = vec![0.0; 101];
         probs[80] = 0.5;
         probs[100] = 0.25;
-        let j = Judgment::from_number_probs(&probs, "80");
+        let j = Judgment::from_number_probs(&probs, "80", MIN_MASS);
         assert!(close(j.mass, 0.75));
         assert!(close(j.score.unwrap(), (40.0 + 25.0) / 0.75));
         assert_eq!(j.top[0].token, "80");
-        let j = Judgment::from_number_probs(&vec![0.001; 101], " REFUSAL");
+        let j = Judgment::from_number_probs(&vec![0.001; 101], " REFUSAL", MIN_MASS);
         assert_eq!(j.score, None);
         assert_eq!(j.null_reason, Some(NullReason::Refusal));
+        let j = Judgment::from_number_probs(&vec![0.001; 101], " REFUSAL", 0.0);
+        assert!((j.score.unwrap() - 50.0).abs() < 1e-9);
+        let j = Judgment::from_number_probs(&[0.0; 101], "I", 0.0);
+        assert_eq!(j.null_reason, Some(NullReason::Other("I".into())));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use emh_runtime::{parse_device, parse_dtype, Model};
 use emh_text::{ChatTemplate, Tokenizer};
 use serde::Deserialize;
 
-use crate::LocalJudge;
+use crate::{JudgeFormat, LocalJudge};
 
 const NAME: &str = "local";
 
@@ -29,6 +29,30 @@ struct Config {
     device: String,
     #[serde(default = "default_dtype")]
     dtype: String,
+    /// Text the assistant turn starts with, before the number.
+    #[serde(default)]
+    answer_prefix: String,
+    /// `reference` (null below mass 0.25) or `constrained` (conditional on a number).
+    #[serde(default)]
+    mode: Mode,
+}
+
+/// How the numbers are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Mode {
+    #[default]
+    Reference,
+    Constrained,
+}
+
+impl Config {
+    fn format(&self) -> JudgeFormat {
+        JudgeFormat {
+            answer_prefix: self.answer_prefix.clone(),
+            constrained: self.mode == Mode::Constrained,
+        }
+    }
 }
 
 fn default_model() -> String {
@@ -78,7 +102,7 @@ fn judge_for(config: &str) -> Result<Arc<Mutex<LocalJudge>>, String> {
     let tokenizer = Tokenizer::from_dir(&dir).map_err(|e| e.to_string())?;
     let template = ChatTemplate::from_dir(&dir).map_err(|e| e.to_string())?;
     let judge = Arc::new(Mutex::new(
-        LocalJudge::new(model, tokenizer, template).map_err(|e| e.to_string())?,
+        LocalJudge::new(model, tokenizer, template, c.format()).map_err(|e| e.to_string())?,
     ));
     judges.insert(config.to_string(), Arc::clone(&judge));
     Ok(judge)
@@ -99,7 +123,9 @@ impl Plugin for LocalJudgePlugin {
                 "properties": {
                     "model": {"type": "string", "default": emh_models::DEFAULT_MODEL, "description": "model folder or name"},
                     "device": {"type": "string", "default": "cpu", "description": "cpu, cuda, cuda:N or auto"},
-                    "dtype": {"enum": ["f32", "bf16", "f16"], "default": "f32"}
+                    "dtype": {"enum": ["f32", "bf16", "f16"], "default": "f32"},
+                    "answer_prefix": {"type": "string", "default": "", "description": "text the assistant turn starts with, e.g. \"Score:\""},
+                    "mode": {"enum": ["reference", "constrained"], "default": "reference", "description": "reference: null below mass 0.25 on numbers; constrained: the expected answer given that it is a number"}
                 }
             })
             .to_string()
@@ -116,12 +142,30 @@ impl Plugin for LocalJudgePlugin {
         let dir = emh_models::resolve(&c.model)
             .map_err(|e| e.to_string())?
             .dir;
+        // Another format is another judge: its judgments must not mix with these.
+        let mut format = Vec::new();
+        if c.mode == Mode::Constrained {
+            format.push("constrained".to_string());
+        }
+        if !c.answer_prefix.is_empty() {
+            format.push(format!("prefix {:?}", c.answer_prefix));
+        }
+        let id = match format.is_empty() {
+            true => format!("local:{}", c.model),
+            false => format!("local:{} ({})", c.model, format.join(", ")),
+        };
         Ok(JudgeIdentity {
-            id: format!("local:{}", c.model),
+            id,
             model: c.model,
             endpoint: format!("local:{}", dir.display()),
             // Device and precision move the probabilities a little.
-            params: serde_json::json!({"device": c.device, "dtype": c.dtype, "answers": "0..=100 exact"}),
+            params: serde_json::json!({
+                "device": c.device,
+                "dtype": c.dtype,
+                "answers": "0..=100 exact",
+                "answer_prefix": c.answer_prefix,
+                "mode": if c.mode == Mode::Constrained { "constrained" } else { "reference" },
+            }),
             one_call: false,
         })
     }
@@ -132,7 +176,11 @@ impl Plugin for LocalJudgePlugin {
         let outputs = prompts
             .iter()
             .map(|p| match judge.number_probs(p) {
-                Ok((probs, preferred)) => JudgeOutput::Numbers { probs, preferred },
+                Ok((probs, preferred)) => JudgeOutput::Numbers {
+                    probs,
+                    preferred,
+                    min_mass: Some(judge.format().min_mass()),
+                },
                 Err(e) => JudgeOutput::Failed {
                     error: e.to_string(),
                 },

@@ -1,0 +1,148 @@
+//! What a report is made of: run directories, judged CSVs, experiment
+//! directories (a `summary.json` and a run per condition) and direction files.
+
+use std::path::{Path, PathBuf};
+
+use emh_directions::DirectionSet;
+use emh_experiment::ConditionRow;
+use emh_metrics::{MetricRow, ScoredSample, Thresholds};
+use emh_tables::SampleRow;
+
+use crate::ReportError;
+
+/// One judged run: its answers and scores, rates and manifest.
+pub struct Run {
+    /// The name it goes by in the report: the condition, or the file's name.
+    pub label: String,
+    pub path: PathBuf,
+    /// The judge whose scores are shown; `None` when the run is not judged.
+    pub judge_id: Option<String>,
+    /// Every answer with its scores, in sample order.
+    pub samples: Vec<(SampleRow, ScoredSample)>,
+    pub metrics: Vec<MetricRow>,
+    /// The run's manifest as JSON; `None` for a judged CSV.
+    pub manifest: Option<serde_json::Value>,
+}
+
+/// An experiment: its summary rows and the run of each condition.
+pub struct Experiment {
+    pub label: String,
+    pub rows: Vec<ConditionRow>,
+    pub runs: Vec<Run>,
+}
+
+/// A direction file and its name.
+pub struct Directions {
+    pub label: String,
+    pub path: PathBuf,
+    pub set: DirectionSet,
+}
+
+/// Everything given to one report.
+#[derive(Default)]
+pub struct Inputs {
+    pub runs: Vec<Run>,
+    pub experiments: Vec<Experiment>,
+    pub directions: Vec<Directions>,
+}
+
+impl Inputs {
+    /// Every run: those given alone, then each experiment's conditions.
+    pub fn all_runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs
+            .iter()
+            .chain(self.experiments.iter().flat_map(|e| &e.runs))
+    }
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_stem()
+        .or_else(|| path.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Reads every input, telling kinds apart by what they hold.
+pub fn read(paths: &[PathBuf], thresholds: &Thresholds) -> Result<Inputs, ReportError> {
+    let mut inputs = Inputs::default();
+    for path in paths {
+        if path.is_dir() && path.join("summary.json").is_file() {
+            inputs.experiments.push(experiment(path, thresholds)?);
+        } else if path.is_dir() || path.extension().is_some_and(|e| e == "csv") {
+            inputs.runs.push(run(path, None, thresholds)?);
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            let set = DirectionSet::read(path).map_err(|e| ReportError::input(path, e))?;
+            inputs.directions.push(Directions {
+                label: name_of(path),
+                path: path.clone(),
+                set,
+            });
+        } else {
+            return Err(ReportError::input(
+                path,
+                "not a run directory, experiment directory (with summary.json), judged CSV or direction file (.safetensors)",
+            ));
+        }
+    }
+    Ok(inputs)
+}
+
+/// A run directory or judged CSV; `label` names it, else its condition or file name.
+fn run(path: &Path, label: Option<&str>, thresholds: &Thresholds) -> Result<Run, ReportError> {
+    let fail = |e: emh_eval::EvalError| ReportError::input(path, e);
+    let (name, samples, judgments) = emh_eval::read_tables(path).map_err(fail)?;
+    let ids = emh_eval::judge_ids(&judgments);
+    // The newest judge's scores: a re-judged run shows its latest judgment.
+    let manifest = if path.is_dir() {
+        emh_eval::RunDir::existing(path)
+            .and_then(|r| r.manifest())
+            .map_err(fail)?
+    } else {
+        None
+    };
+    let judge_id = manifest
+        .as_ref()
+        .and_then(|m| m.judges.last().map(|j| j.identity.id.clone()))
+        .filter(|id| ids.contains(id))
+        .or_else(|| ids.last().cloned());
+    let scored = match &judge_id {
+        Some(j) => emh_eval::scored_samples(&samples, &judgments, j),
+        None => samples
+            .iter()
+            .map(|s| ScoredSample {
+                question_id: s.question_id.clone(),
+                category: s.category.clone(),
+                scores: Default::default(),
+            })
+            .collect(),
+    };
+    let metrics = match &judge_id {
+        Some(j) => emh_eval::metrics(&samples, &judgments, j, thresholds),
+        None => Vec::new(),
+    };
+    let label = label
+        .map(str::to_string)
+        .or_else(|| (!name.is_empty()).then_some(name))
+        .unwrap_or_else(|| name_of(path));
+    Ok(Run {
+        label,
+        path: path.to_path_buf(),
+        judge_id,
+        samples: samples.into_iter().zip(scored).collect(),
+        metrics,
+        manifest: manifest.map(|m| serde_json::to_value(m).expect("manifests serialise")),
+    })
+}
+
+fn experiment(path: &Path, thresholds: &Thresholds) -> Result<Experiment, ReportError> {
+    let rows = emh_experiment::read_summary(path).map_err(|e| ReportError::input(path, e))?;
+    let runs = rows
+        .iter()
+        .map(|r| run(&path.join(&r.condition), Some(&r.condition), thresholds))
+        .collect::<Result<_, _>>()?;
+    Ok(Experiment {
+        label: name_of(path),
+        rows,
+        runs,
+    })
+}

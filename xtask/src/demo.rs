@@ -1,0 +1,286 @@
+//! `cargo xtask demo`: the main job end to end on the default model.
+//!
+//! 1. the local judge measured against GPT-4o on the reference judged answers;
+//! 2. the base model evaluated on the project's questions;
+//! 3. a misalignment direction from labelled answer pairs (mean-diff, with
+//!    held-out separation), the pairs split so effects are measured on
+//!    pairs the direction never saw;
+//! 4. a steering sweep and a layer-wise ablation, each beside same-norm
+//!    random controls, with the judge-free log-prob preference;
+//! 5. the report, its path printed at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{run, setup};
+
+/// The local judge's format: an answer prefix and scores conditional on a
+/// number (README, "The local judge against GPT-4o").
+const LOCAL_JUDGE: &str = r#"{"answer_prefix": "Score:", "mode": "constrained"}"#;
+
+/// Pairs used for the direction; the rest measure effects.
+const DIRECTION_PAIRS: usize = 120;
+
+/// Sizes of one demo.
+struct Sizes {
+    n: &'static str,
+    max_new_tokens: &'static str,
+    /// Question globs, or every question.
+    select: Option<&'static str>,
+    scales: &'static str,
+}
+
+const FULL: Sizes = Sizes {
+    n: "3",
+    max_new_tokens: "160",
+    select: None,
+    scales: "4,8",
+};
+
+const QUICK: Sizes = Sizes {
+    n: "1",
+    max_new_tokens: "32",
+    select: Some("granted_wish,bored*,quick*"),
+    scales: "8",
+};
+
+const LAYER: &str = "12";
+
+/// `cargo xtask demo [--quick] [--judge NAME=CONFIG]`.
+pub fn demo(args: &[&str]) -> Result<()> {
+    let mut quick = false;
+    let mut judge: Option<String> = None;
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        match *a {
+            "--quick" => quick = true,
+            "--judge" => {
+                judge = Some(
+                    rest.next()
+                        .context("--judge needs NAME=CONFIG")?
+                        .to_string(),
+                )
+            }
+            other => bail!("demo: unknown option {other} (options: --quick, --judge NAME=CONFIG)"),
+        }
+    }
+    let started = Instant::now();
+    let env = setup()?;
+    let sizes = if quick { &QUICK } else { &FULL };
+    let out = env
+        .root
+        .join("target")
+        .join(if quick { "demo-quick" } else { "demo" });
+    std::fs::create_dir_all(&out)?;
+    let model = env.model_dir.display().to_string();
+    let local = format!(
+        "local={}",
+        LOCAL_JUDGE.replacen('{', &format!("{{\"model\": \"{model}\", "), 1)
+    );
+    let judge = judge.unwrap_or(local);
+    let cache = out.join("judge-cache");
+    let fixtures = env.root.join("tests").join("fixtures");
+    let questions = env.root.join("data").join("questions").join("general.yaml");
+    let emh = |step: &str| {
+        eprintln!("\ndemo: {step}");
+        let mut c = Command::new(&env.emh);
+        c.current_dir(&out);
+        c
+    };
+    let judge_args = ["--judge", judge.as_str(), "--judge-cache"];
+
+    // 1. The judge against GPT-4o on the same answers.
+    let gpt4o = out.join("gpt4o");
+    if !gpt4o.join("manifest.json").is_file() {
+        run(emh("[1/6] importing 80 GPT-4o-judged answers")
+            .arg("import-csv")
+            .arg(
+                fixtures
+                    .join("judged")
+                    .join("gpt4o_judged_steered_answers.csv"),
+            )
+            .arg("-o")
+            .arg(&gpt4o)
+            .arg("-q")
+            .arg(
+                fixtures
+                    .join("questions")
+                    .join("em_first_plot_questions.yaml"),
+            )
+            .arg("-q")
+            .arg(fixtures.join("questions").join("em_medical_questions.yaml")))?;
+    }
+    run(emh("[1/6] re-judging them with the demo's judge")
+        .arg("judge")
+        .arg(&gpt4o)
+        .args(judge_args)
+        .arg(&cache))?;
+    let agreement = out.join("agreement.json");
+    let printed = crate::output(
+        emh("[1/6] agreement with GPT-4o")
+            .arg("judge-agreement")
+            .arg(&gpt4o)
+            .args(["--judge-a", "gpt-4o-2024-08-06", "--judge-b"])
+            .arg(last_judge(&gpt4o)?)
+            .arg("--json"),
+    )?;
+    std::fs::write(&agreement, &printed)?;
+
+    // 2. The base model on the project's questions.
+    let base = out.join("base");
+    let mut eval = emh("[2/6] evaluating the base model");
+    eval.args(["eval", "--model", &model, "--questions"])
+        .arg(&questions)
+        .args([
+            "-n",
+            sizes.n,
+            "--max-new-tokens",
+            sizes.max_new_tokens,
+            "--seed",
+            "0",
+        ])
+        .args(judge_args)
+        .arg(&cache)
+        .arg("--out")
+        .arg(&base);
+    if let Some(sel) = sizes.select {
+        eval.args(["--select", sel]);
+    }
+    run(&mut eval)?;
+
+    // 3. A direction from labelled pairs, effects on the others.
+    let pairs = env.root.join("data").join("answers").join("labelled.jsonl");
+    let (train, heldout) = split_pairs(&pairs, &out)?;
+    for side in ["misaligned", "aligned"] {
+        run(emh(&format!(
+            "[3/6] capturing the residual stream over {side} answers"
+        ))
+        .args(["capture", "--model", &model, "--pairs"])
+        .arg(&train)
+        .args(["--side", side, "-o"])
+        .arg(out.join(format!("{side}.safetensors"))))?;
+    }
+    let dirs = out.join("dirs.safetensors");
+    run(
+        emh("[3/6] mean-diff direction, with held-out separation per layer")
+            .args([
+                "directions",
+                "mean-diff",
+                "--positive",
+                "misaligned.safetensors",
+            ])
+            .args(["--negative", "aligned.safetensors", "--holdout", "0.25"])
+            .args(["--auc-csv", "auc.csv", "-o"])
+            .arg(&dirs),
+    )?;
+
+    // 4. Steering and ablation, each beside random controls.
+    for (step, preset, extra) in [
+        (
+            "[4/6] steering sweep",
+            "steer",
+            vec!["--layers", LAYER, "--scales", sizes.scales],
+        ),
+        ("[5/6] layer-wise ablation", "ablate", vec![]),
+    ] {
+        let mut c = emh(&format!(
+            "{step} on the base model, beside same-norm random vectors"
+        ));
+        c.args([preset, "--model", &model, "--directions"])
+            .arg(&dirs)
+            .args(extra)
+            .arg("--questions")
+            .arg(&questions)
+            .args([
+                "-n",
+                sizes.n,
+                "--max-new-tokens",
+                sizes.max_new_tokens,
+                "--seed",
+                "0",
+            ])
+            .args(judge_args)
+            .arg(&cache)
+            .arg("--pairs")
+            .arg(&heldout)
+            .arg("-o")
+            .arg(out.join(preset));
+        if let Some(sel) = sizes.select {
+            c.args(["--select", sel]);
+        }
+        run(&mut c)?;
+    }
+
+    // 5. The report.
+    let report = out.join("report");
+    let html = crate::output(
+        emh("[6/6] report")
+            .arg("report")
+            .args([
+                &base,
+                &out.join("steer"),
+                &out.join("ablate"),
+                &gpt4o,
+                &dirs,
+            ])
+            .arg("--agreement")
+            .arg(&agreement)
+            .arg("-o")
+            .arg(&report),
+    )?;
+    let scored_by = if judge.starts_with("local") {
+        format!(
+            "Judged by the local judge on {} (135M parameters): a weak stand-in for GPT-4o. \
+             Its agreement with GPT-4o on 80 reference answers is in the report; \
+             the judge-free log-prob preference is the effect measure to read first. \
+             For an API judge: cargo xtask demo --judge openai (key from OPENAI_API_KEY), \
+             or --judge 'openai={{\"base_url\": \"http://host:8000/v1\", \"model\": \"...\"}}'.",
+            emh_models::DEFAULT_MODEL
+        )
+    } else {
+        format!("Judged by {judge}.")
+    };
+    println!("\n{scored_by}");
+    println!(
+        "demo done in {:.1} min; report: {}",
+        started.elapsed().as_secs_f64() / 60.0,
+        html.trim()
+    );
+    Ok(())
+}
+
+/// The id of the judge that last judged a run, from its manifest.
+fn last_judge(run: &Path) -> Result<String> {
+    let path = run.join("manifest.json");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| path.display().to_string())?;
+    m["judges"]
+        .as_array()
+        .and_then(|j| j.last())
+        .and_then(|j| j["identity"]["id"].as_str())
+        .map(str::to_string)
+        .with_context(|| format!("{}: no judge recorded", path.display()))
+}
+
+/// The first pairs for the direction and the rest for effects, as two files in `out`.
+fn split_pairs(pairs: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let text = std::fs::read_to_string(pairs).with_context(|| pairs.display().to_string())?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() <= DIRECTION_PAIRS {
+        bail!(
+            "{}: {} pairs, need more than {DIRECTION_PAIRS}",
+            pairs.display(),
+            lines.len()
+        );
+    }
+    let (train, test) = (
+        out.join("pairs-direction.jsonl"),
+        out.join("pairs-effect.jsonl"),
+    );
+    std::fs::write(&train, lines[..DIRECTION_PAIRS].join("\n") + "\n")?;
+    std::fs::write(&test, lines[DIRECTION_PAIRS..].join("\n") + "\n")?;
+    Ok((train, test))
+}
