@@ -24,8 +24,11 @@ const LOCAL_JUDGE: &str = r#"{"answer_prefix": "Score:", "mode": "constrained"}"
 /// Pairs used for the direction; the rest measure effects.
 const DIRECTION_PAIRS: usize = 120;
 
-/// Sizes of one demo.
+/// Sizes of one demo. The local judge costs about 2 s a judgment on 2
+/// cores (BENCHMARKS.md), so the judged answers are what the sizes count.
 struct Sizes {
+    /// GPT-4o-judged answers the judge is measured on (of 80).
+    agreement_answers: usize,
     n: &'static str,
     max_new_tokens: &'static str,
     /// Question globs, or every question.
@@ -34,13 +37,15 @@ struct Sizes {
 }
 
 const FULL: Sizes = Sizes {
-    n: "3",
-    max_new_tokens: "160",
+    agreement_answers: 80,
+    n: "1",
+    max_new_tokens: "96",
     select: None,
     scales: "4,8",
 };
 
 const QUICK: Sizes = Sizes {
+    agreement_answers: 16,
     n: "1",
     max_new_tokens: "32",
     select: Some("granted_wish,bored*,quick*"),
@@ -95,23 +100,27 @@ pub fn demo(args: &[&str]) -> Result<()> {
     // 1. The judge against GPT-4o on the same answers.
     let gpt4o = out.join("gpt4o");
     if !gpt4o.join("manifest.json").is_file() {
-        run(emh("[1/6] importing 80 GPT-4o-judged answers")
-            .arg("import-csv")
-            .arg(
-                fixtures
-                    .join("judged")
-                    .join("gpt4o_judged_steered_answers.csv"),
-            )
-            .arg("-o")
-            .arg(&gpt4o)
-            .arg("-q")
-            .arg(
-                fixtures
-                    .join("questions")
-                    .join("em_first_plot_questions.yaml"),
-            )
-            .arg("-q")
-            .arg(fixtures.join("questions").join("em_medical_questions.yaml")))?;
+        let judged = fixtures.join("judged");
+        let csv = out.join("gpt4o.csv");
+        run(Command::new(&env.python)
+            .arg("-c")
+            .arg("import sys, pandas as pd; pd.read_csv(sys.argv[1]).head(int(sys.argv[3])).to_csv(sys.argv[2], index=False)")
+            .arg(judged.join("gpt4o_judged_steered_answers.csv"))
+            .arg(&csv)
+            .arg(sizes.agreement_answers.to_string()))?;
+        let questions = fixtures.join("questions");
+        run(emh(&format!(
+            "[1/6] importing {} GPT-4o-judged answers",
+            sizes.agreement_answers
+        ))
+        .arg("import-csv")
+        .arg(&csv)
+        .arg("-o")
+        .arg(&gpt4o)
+        .arg("-q")
+        .arg(questions.join("em_first_plot_questions.yaml"))
+        .arg("-q")
+        .arg(questions.join("em_medical_questions.yaml")))?;
     }
     run(emh("[1/6] re-judging them with the demo's judge")
         .arg("judge")
@@ -219,13 +228,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     let html = crate::output(
         emh("[6/6] report")
             .arg("report")
-            .args([
-                &base,
-                &out.join("steer"),
-                &out.join("ablate"),
-                &gpt4o,
-                &dirs,
-            ])
+            .args([&base, &out.join("steer"), &out.join("ablate"), &dirs])
             .arg("--agreement")
             .arg(&agreement)
             .arg("-o")
@@ -234,7 +237,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     let scored_by = if judge.starts_with("local") {
         format!(
             "Judged by the local judge on {} (135M parameters): a weak stand-in for GPT-4o. \
-             Its agreement with GPT-4o on 80 reference answers is in the report; \
+             Its agreement with GPT-4o on reference answers is in the report; \
              the judge-free log-prob preference is the effect measure to read first. \
              For an API judge: cargo xtask demo --judge openai (key from OPENAI_API_KEY), \
              or --judge 'openai={{\"base_url\": \"http://host:8000/v1\", \"model\": \"...\"}}'.",

@@ -200,10 +200,13 @@ fn experiment(e: &Experiment, t: &Thresholds) -> Vec<Planned> {
     out
 }
 
+/// Reads one measure of a condition.
+type Pick = fn(&ConditionRow) -> Option<Interval>;
+
 /// EM, coherence and preference against λ: one line per intervention and
 /// other axes (the layer), controls dashed, the plain condition as a level.
 fn sweep(e: &Experiment) -> Vec<Planned> {
-    let metrics: [(&str, &str, fn(&ConditionRow) -> Option<Interval>); 3] = [
+    let metrics: [(&str, &str, Pick); 3] = [
         ("em", "EM rate", |r| rate(&r.em)),
         ("coherence", "coherence rate", |r| rate(&r.coherence)),
         ("logprob", "log-prob preference (nats/token)", |r| {

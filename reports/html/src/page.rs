@@ -184,10 +184,10 @@ pub fn render(
         h.push_str("<h2 id=figures>Figures</h2>\n");
         for f in figures {
             let png = std::fs::read(&f.figure.png).unwrap_or_default();
-            let _ = write!(
+            let _ = writeln!(
                 h,
                 "<figure><img alt=\"{}\" src=\"data:image/png;base64,{}\">\
-                 <figcaption><b>{}.</b> {} <a href=\"figures/{}.png\">PNG</a> · <a href=\"figures/{}.svg\">SVG</a></figcaption></figure>\n",
+                 <figcaption><b>{}.</b> {} <a href=\"figures/{}.png\">PNG</a> · <a href=\"figures/{}.svg\">SVG</a></figcaption></figure>",
                 esc(&f.title),
                 base64::engine::general_purpose::STANDARD.encode(png),
                 esc(&f.title),
@@ -395,9 +395,9 @@ fn manifests(h: &mut String, inputs: &Inputs) {
     }
     h.push_str("<h2 id=manifests>What produced each run</h2>\n");
     for r in runs {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<details><summary><b>{}</b> — {}</summary>\n",
+            "<details><summary><b>{}</b> — {}</summary>",
             esc(&r.label),
             esc(&r.path.display().to_string())
         );
