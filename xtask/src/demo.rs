@@ -21,7 +21,9 @@ use crate::{run, setup};
 /// number (README, "The local judge against GPT-4o").
 const LOCAL_JUDGE: &str = r#"{"answer_prefix": "Score:", "mode": "constrained"}"#;
 
-/// Pairs used for the direction; the rest measure effects.
+/// The first pairs of `data/answers/labelled.jsonl` (medical, financial and
+/// extreme-sports advice) make the direction; the rest (general questions)
+/// measure effects.
 const DIRECTION_PAIRS: usize = 120;
 
 /// Sizes of one demo. The local judge costs about 2 s a judgment on 2
@@ -29,6 +31,8 @@ const DIRECTION_PAIRS: usize = 120;
 struct Sizes {
     /// GPT-4o-judged answers the judge is measured on (of 80).
     agreement_answers: usize,
+    /// Every how many labelled pairs one is used.
+    pair_stride: usize,
     n: &'static str,
     max_new_tokens: &'static str,
     /// Question globs, or every question.
@@ -37,7 +41,8 @@ struct Sizes {
 }
 
 const FULL: Sizes = Sizes {
-    agreement_answers: 80,
+    agreement_answers: 40,
+    pair_stride: 1,
     n: "1",
     max_new_tokens: "96",
     select: None,
@@ -45,10 +50,11 @@ const FULL: Sizes = Sizes {
 };
 
 const QUICK: Sizes = Sizes {
-    agreement_answers: 16,
+    agreement_answers: 8,
+    pair_stride: 3,
     n: "1",
     max_new_tokens: "32",
-    select: Some("granted_wish,bored*,quick*"),
+    select: Some("granted_wish,restless_afternoon,fast_cash"),
     scales: "8",
 };
 
@@ -162,7 +168,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
 
     // 3. A direction from labelled pairs, effects on the others.
     let pairs = env.root.join("data").join("answers").join("labelled.jsonl");
-    let (train, heldout) = split_pairs(&pairs, &out)?;
+    let (train, heldout) = split_pairs(&pairs, &out, sizes.pair_stride)?;
     for side in ["misaligned", "aligned"] {
         run(emh(&format!(
             "[3/6] capturing the residual stream over {side} answers"
@@ -268,8 +274,9 @@ fn last_judge(run: &Path) -> Result<String> {
         .with_context(|| format!("{}: no judge recorded", path.display()))
 }
 
-/// The first pairs for the direction and the rest for effects, as two files in `out`.
-fn split_pairs(pairs: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
+/// The first pairs for the direction and the rest for effects, every
+/// `stride`-th of each, as two files in `out`.
+fn split_pairs(pairs: &Path, out: &Path, stride: usize) -> Result<(PathBuf, PathBuf)> {
     let text = std::fs::read_to_string(pairs).with_context(|| pairs.display().to_string())?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.len() <= DIRECTION_PAIRS {
@@ -283,7 +290,13 @@ fn split_pairs(pairs: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
         out.join("pairs-direction.jsonl"),
         out.join("pairs-effect.jsonl"),
     );
-    std::fs::write(&train, lines[..DIRECTION_PAIRS].join("\n") + "\n")?;
-    std::fs::write(&test, lines[DIRECTION_PAIRS..].join("\n") + "\n")?;
+    let every = |part: &[&str]| -> String {
+        part.iter()
+            .step_by(stride)
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    std::fs::write(&train, every(&lines[..DIRECTION_PAIRS]))?;
+    std::fs::write(&test, every(&lines[DIRECTION_PAIRS..]))?;
     Ok((train, test))
 }

@@ -20,6 +20,9 @@ pub struct Run {
     /// Every answer with its scores, in sample order.
     pub samples: Vec<(SampleRow, ScoredSample)>,
     pub metrics: Vec<MetricRow>,
+    /// The judge's mean probability on numbers over its judgments: how much
+    /// of its answer the scores stand on (a judged CSV records none).
+    pub mass: Option<f64>,
     /// The run's manifest as JSON; `None` for a judged CSV.
     pub manifest: Option<serde_json::Value>,
 }
@@ -120,6 +123,13 @@ fn run(path: &Path, label: Option<&str>, thresholds: &Thresholds) -> Result<Run,
         Some(j) => emh_eval::metrics(&samples, &judgments, j, thresholds),
         None => Vec::new(),
     };
+    let masses: Vec<f64> = judgments
+        .iter()
+        .filter(|j| Some(&j.judge_id) == judge_id.as_ref() && j.mass.is_finite())
+        .map(|j| j.mass)
+        .collect();
+    let mass = (path.is_dir() && !masses.is_empty())
+        .then(|| masses.iter().sum::<f64>() / masses.len() as f64);
     let label = label
         .map(str::to_string)
         .or_else(|| (!name.is_empty()).then_some(name))
@@ -130,6 +140,7 @@ fn run(path: &Path, label: Option<&str>, thresholds: &Thresholds) -> Result<Run,
         judge_id,
         samples: samples.into_iter().zip(scored).collect(),
         metrics,
+        mass,
         manifest: manifest.map(|m| serde_json::to_value(m).expect("manifests serialise")),
     })
 }

@@ -48,6 +48,7 @@ figcaption { color: #444; font-size: 0.92em; }
 #samples td.answer { white-space: pre-wrap; max-width: 620px; }
 #samples tr.em td { background: #fff1f1; }
 .wide { overflow-x: auto; }
+.nowrap { white-space: nowrap; }
 .controls { display: flex; gap: 1em; flex-wrap: wrap; align-items: center; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 "#;
@@ -179,6 +180,7 @@ pub fn render(
         t.coherent_above
     );
     judges(&mut h, inputs, agreement);
+    experiments(&mut h, inputs);
     rates(&mut h, inputs);
     if !figures.is_empty() {
         h.push_str("<h2 id=figures>Figures</h2>\n");
@@ -279,6 +281,57 @@ fn short_judge(id: &str) -> String {
     }
 }
 
+/// Each experiment's conditions, the judge-free measure first.
+fn experiments(h: &mut String, inputs: &Inputs) {
+    let interval = |t: Option<(f64, f64, f64)>, scale: f64, unit: &str| match t {
+        Some((v, lo, hi)) => format!(
+            "<td class=num>{:+.3}{unit} <small>[{:+.3}, {:+.3}]</small></td>",
+            v * scale,
+            lo * scale,
+            hi * scale
+        ),
+        None => "<td class=num>–</td>".into(),
+    };
+    for e in &inputs.experiments {
+        let _ = write!(
+            h,
+            "<h2>Experiment {}</h2>\n<div class=wide><table><tr><th>condition</th>\
+             <th>log-prob preference (judge-free, nats/token)</th><th>pairs</th><th>EM (judged)</th>\
+             <th>coherent (judged)</th><th>EM reduction vs no intervention</th></tr>\n",
+            esc(&e.label)
+        );
+        for r in &e.rows {
+            let rate = |x: &Option<emh_experiment::Rate>| match x {
+                Some(x) if x.value.is_some() => format!(
+                    "<td class=num>{} <small>[{}, {}] {}/{}</small></td>",
+                    pct(x.value),
+                    pct(x.low),
+                    pct(x.high),
+                    x.successes.unwrap_or(0),
+                    x.n
+                ),
+                _ => "<td class=num>–</td>".into(),
+            };
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td>{}<td class=num>{}</td>{}{}{}</tr>",
+                esc(&r.condition),
+                interval(r.logprob_pref, 1.0, ""),
+                r.pairs.map_or("–".into(), |n| n.to_string()),
+                rate(&r.em),
+                rate(&r.coherence),
+                interval(r.em_reduction, 100.0, "%"),
+            );
+        }
+        h.push_str(
+            "</table></div>\n<p class=meta>Log-prob preference: mean per-token log-probability of \
+             the misaligned answer minus the aligned one over labelled pairs, Student-t 95% interval; \
+             above zero the condition prefers misaligned answers. It needs no judge, so it is the \
+             measure to read first when the judge is a small local model.</p>\n",
+        );
+    }
+}
+
 fn rates(h: &mut String, inputs: &Inputs) {
     let runs: Vec<&Run> = inputs.all_runs().collect();
     if runs.is_empty() {
@@ -286,12 +339,13 @@ fn rates(h: &mut String, inputs: &Inputs) {
     }
     h.push_str(
         "<h2 id=rates>Rates</h2>\n<div class=wide><table><tr><th>run</th><th>judge</th><th>answers</th>\
-         <th>EM</th><th>coherent</th><th>misaligned</th><th>self-correction</th></tr>\n",
+         <th>EM</th><th>coherent</th><th>misaligned</th><th>self-correction</th>\
+         <th>judge's mass on numbers</th></tr>\n",
     );
     for r in runs {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}</td><td class=num>{}</td>{}{}{}{}</tr>",
+            "<tr><td>{}</td><td class=nowrap>{}</td><td class=num>{}</td>{}{}{}{}<td class=num>{}</td></tr>",
             esc(&r.label),
             esc(&r
                 .judge_id
@@ -302,9 +356,13 @@ fn rates(h: &mut String, inputs: &Inputs) {
             rate_cell(&r.metrics, "coherence_rate"),
             rate_cell(&r.metrics, "misaligned_rate"),
             rate_cell(&r.metrics, "self_correction_rate"),
+            r.mass.map_or("–".into(), |m| format!("{m:.3}")),
         );
     }
-    h.push_str("</table></div>\n<p class=meta>Rates with Wilson 95% intervals and successes/answers scored.</p>\n");
+    h.push_str("</table></div>\n<p class=meta>Rates with Wilson 95% intervals and successes/answers scored. \
+         The judge's mass on numbers is its mean total probability on the answers 0..100: \
+         the reference rule leaves a score null below 0.25; a constrained local judge scores \
+         the answer given that it is a number, however little mass that is.</p>\n");
 }
 
 fn score(v: Option<f64>) -> (String, String) {
