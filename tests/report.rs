@@ -284,3 +284,19 @@ fn a_report_of_runs_an_experiment_and_directions_renders_and_runs_no_injected_sc
     assert_eq!(png_size(&shot), (1280, 2400));
     println!("screenshot: {}", shot.display());
 }
+
+#[test]
+fn an_input_it_cannot_read_is_named_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let notes = tmp.path().join("notes.txt");
+    std::fs::write(&notes, "not a run").unwrap();
+    let out = tmp.path().join("report");
+    let r = common::emh(&["report", s(&notes), "-o", s(&out)]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains("notes.txt") && err.contains("not a run directory"),
+        "{err}"
+    );
+    assert!(!out.join("index.html").exists());
+}

@@ -6,8 +6,6 @@ mod figures;
 mod inputs;
 mod page;
 
-pub use page::esc;
-
 use std::path::{Path, PathBuf};
 
 use emh_charts::Figure;
