@@ -43,10 +43,10 @@ struct Sizes {
 }
 
 const FULL: Sizes = Sizes {
-    agreement_answers: 40,
+    agreement_answers: 24,
     pair_stride: 1,
     n: "1",
-    max_new_tokens: "96",
+    max_new_tokens: "80",
     select: None,
     scales: "4,8",
 };
