@@ -43,7 +43,7 @@ struct Sizes {
 }
 
 const FULL: Sizes = Sizes {
-    agreement_answers: 24,
+    agreement_answers: 16,
     pair_stride: 1,
     n: "1",
     max_new_tokens: "80",
