@@ -146,27 +146,26 @@ pub fn demo(args: &[&str]) -> Result<()> {
     )?;
     std::fs::write(&agreement, &printed)?;
 
+    // Questions, sampling and judge: the same for every evaluated condition,
+    // so the judge cache serves the plain condition of every step.
+    let sampled = |c: &mut Command| {
+        c.arg("--questions")
+            .arg(&questions)
+            .args(["-n", sizes.n, "--max-new-tokens", sizes.max_new_tokens])
+            .args(["--seed", "0"])
+            .args(judge_args)
+            .arg(&cache);
+        if let Some(sel) = sizes.select {
+            c.args(["--select", sel]);
+        }
+    };
+
     // 2. The base model on the project's questions.
     let base = out.join("base");
     let mut eval = emh("[2/6] evaluating the base model");
-    eval.args(["eval", "--model", &model, "--questions"])
-        .arg(&questions)
-        .args([
-            "-n",
-            sizes.n,
-            "--max-new-tokens",
-            sizes.max_new_tokens,
-            "--seed",
-            "0",
-        ])
-        .args(judge_args)
-        .arg(&cache)
-        .arg("--out")
-        .arg(&base);
-    if let Some(sel) = sizes.select {
-        eval.args(["--select", sel]);
-    }
-    run(&mut eval)?;
+    eval.args(["eval", "--model", &model]);
+    sampled(&mut eval);
+    run(eval.arg("--out").arg(&base))?;
 
     // 3. A direction from labelled pairs, effects on the others.
     let pairs = env.root.join("data").join("answers").join("labelled.jsonl");
@@ -208,26 +207,12 @@ pub fn demo(args: &[&str]) -> Result<()> {
         ));
         c.args([preset, "--model", &model, "--directions"])
             .arg(&dirs)
-            .args(extra)
-            .arg("--questions")
-            .arg(&questions)
-            .args([
-                "-n",
-                sizes.n,
-                "--max-new-tokens",
-                sizes.max_new_tokens,
-                "--seed",
-                "0",
-            ])
-            .args(judge_args)
-            .arg(&cache)
-            .arg("--pairs")
+            .args(extra);
+        sampled(&mut c);
+        c.arg("--pairs")
             .arg(&heldout)
             .arg("-o")
             .arg(out.join(preset));
-        if let Some(sel) = sizes.select {
-            c.args(["--select", sel]);
-        }
         run(&mut c)?;
     }
 
