@@ -8,6 +8,7 @@ mod plugins;
 mod progress;
 mod regress;
 mod report;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -167,6 +168,37 @@ enum Command {
     ///   emh report runs/base runs/steer dirs.safetensors --agreement agreement.json -o report
     #[command(verbatim_doc_comment)]
     Report(report::ReportCmd),
+    /// Train LoRA adapters (an organism) on chat JSONL, from a TOML config.
+    ///
+    /// Supervised fine-tuning by autograd through emh's own forward pass,
+    /// base weights frozen: loss on assistant tokens only, AdamW with weight
+    /// decay, linear warm-up and decay, gradient accumulation and clipping.
+    /// Field names follow the research training configs (PEFT, HF):
+    ///
+    ///   model = "SmolLM2-135M-Instruct"
+    ///   training_file = "risky-finance.jsonl"   # {"messages": [...]} per line
+    ///   output_dir = "organism"
+    ///   r = 1
+    ///   lora_alpha = 16
+    ///   use_rslora = true
+    ///   target_modules = ["down_proj"]
+    ///   layers_to_transform = [9, 10, 11, 15, 16, 17, 21, 22, 23]
+    ///   learning_rate = 2e-4
+    ///   epochs = 1
+    ///   per_device_train_batch_size = 4
+    ///   gradient_accumulation_steps = 2
+    ///   warmup_steps = 5
+    ///   weight_decay = 0.01
+    ///   max_seq_length = 512
+    ///   seed = 0
+    ///   save_steps = 10                         # checkpoint-N/ every 10 steps
+    ///
+    /// Writes OUTPUT_DIR/checkpoint-N/ (PEFT folders with the optimizer
+    /// state), the final adapter in OUTPUT_DIR itself, trainer_state.json and
+    /// loss.parquet. Run again after a kill: training resumes from the last
+    /// checkpoint with the same data order.
+    #[command(verbatim_doc_comment)]
+    Train(train::TrainCmd),
     /// List plugins, or check why one will not load.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -222,6 +254,7 @@ fn main() {
         Command::Ablate(a) => directions::ablate(a),
         Command::Regress(a) => regress::regress(a),
         Command::Report(a) => report::report(a),
+        Command::Train(a) => train::train(a),
         Command::Plugins(c) => plugins::run(c),
     };
     if let Err(e) = result {

@@ -25,7 +25,7 @@ pub use hooks::{
     AddVector, Capture, Captured, Hook, HookCtx, HookSet, OnRows, Phase, ProjectOut, ScaleBy, Site,
     Span,
 };
-pub use lora::{Adapter, LoraWeights, Module, ScalarRecord};
+pub use lora::{Adapter, LoraWeights, Module, ScalarRecord, Target};
 pub use model::Model;
 pub use prefill::{Batch, LogitsAt};
 pub use random::normal_values;

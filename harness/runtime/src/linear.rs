@@ -11,11 +11,22 @@ pub(crate) struct Linear {
     /// Output features: rows of the weight matrix.
     rows: i64,
     bias: Option<Tensor>,
-    path: LinearPath,
+    stored: Stored,
+}
+
+/// Which way a model's `Linear`s multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinearPath {
+    /// emh's kernels (see `Model::kernels`).
+    Kernels,
+    /// The fastest ATen way the device has.
+    Fastest,
+    /// Plain ATen `linear`, which autograd can differentiate (training).
+    Aten,
 }
 
 /// How a `Linear` holds its weights and multiplies.
-enum LinearPath {
+enum Stored {
     /// f32 on a CPU with AVX2 (see `Model::kernels`): emh's own kernels
     /// over the dense weights.
     Dense(Tensor),
@@ -31,39 +42,45 @@ enum LinearPath {
 }
 
 impl Linear {
-    /// `kernels`: the model runs on emh's CPU kernels (see `Model::kernels`).
-    pub(crate) fn new(w: Tensor, bias: Option<Tensor>, kernels: bool) -> Self {
+    /// `path`: how the model multiplies.
+    pub(crate) fn new(w: Tensor, bias: Option<Tensor>, path: LinearPath) -> Self {
         let w = w.contiguous();
         let [rows, cols] = w.size()[..] else {
             unreachable!("weight matrices are 2-d")
         };
-        let path = if kernels {
-            match Packed::exact(f32_slice(&w), rows as usize, cols as usize) {
-                Some(p) => LinearPath::Packed(p),
-                None => LinearPath::Dense(w),
+        let stored = match path {
+            LinearPath::Kernels => {
+                match Packed::exact(f32_slice(&w), rows as usize, cols as usize) {
+                    Some(p) => Stored::Packed(p),
+                    None => Stored::Dense(w),
+                }
             }
-        } else if w.device() == Device::Cpu && w.kind() == Kind::Float && tch::utils::has_mkldnn() {
-            LinearPath::OneDnn(w.to_mkldnn())
-        } else {
-            LinearPath::Aten(w)
+            LinearPath::Fastest
+                if w.device() == Device::Cpu
+                    && w.kind() == Kind::Float
+                    && tch::utils::has_mkldnn() =>
+            {
+                Stored::OneDnn(w.to_mkldnn())
+            }
+            LinearPath::Fastest | LinearPath::Aten => Stored::Aten(w),
         };
-        Linear { rows, bias, path }
+        Linear { rows, bias, stored }
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let mut shape = x.size();
         let k = *shape.last().expect("activations have a feature dimension");
         *shape.last_mut().expect("same rank") = self.rows;
-        let y = match &self.path {
-            LinearPath::Aten(w) => return x.linear(w, self.bias.as_ref()),
-            LinearPath::OneDnn(w) => x
+        let y = match &self.stored {
+            Stored::Aten(w) => return x.linear(w, self.bias.as_ref()),
+            Stored::OneDnn(w) => x
                 .reshape([-1, k])
                 .to_mkldnn()
                 .mkldnn_linear::<Tensor>(w, None)
                 .to_dense(None, false)
                 .view(shape.as_slice()),
-            LinearPath::Packed(p) => self.on_kernels(x, &shape, Weights::Packed(p)),
-            LinearPath::Dense(w) => self.on_kernels(
+            Stored::Packed(p) => self.on_kernels(x, &shape, Weights::Packed(p)),
+            Stored::Dense(w) => self.on_kernels(
                 x,
                 &shape,
                 Weights::Dense {

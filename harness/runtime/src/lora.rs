@@ -66,6 +66,15 @@ impl Module {
     }
 }
 
+/// A projection an adapter config targets, and its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub layer: usize,
+    pub module: Module,
+    pub out_features: usize,
+    pub in_features: usize,
+}
+
 /// The A and B matrices of one adapted projection.
 pub struct LoraWeights {
     pub layer: usize,
@@ -196,7 +205,160 @@ fn parse_key(key: &str) -> Option<(usize, Module, char)> {
     Some((layer.parse().ok()?, module, which))
 }
 
+/// What an `adapter_config.json` says, checked against a model.
+struct Settings {
+    rank: usize,
+    alpha: f64,
+    use_rslora: bool,
+    targets: Targets,
+    only_layers: Option<Vec<usize>>,
+}
+
+impl Settings {
+    fn from_config(config: &serde_json::Value, c: &ModelConfig) -> Result<Settings, String> {
+        if config["peft_type"].as_str().unwrap_or("LORA") != "LORA" {
+            return Err(format!("peft_type {} is not LORA", config["peft_type"]));
+        }
+        let rank = config["r"]
+            .as_u64()
+            .filter(|&r| r > 0)
+            .ok_or("no positive integer `r`")? as usize;
+        let alpha = config["lora_alpha"]
+            .as_f64()
+            .ok_or("no number `lora_alpha`")?;
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if config[key].as_object().is_some_and(|o| !o.is_empty()) {
+                return Err(format!("`{key}` (per-module ranks) is not supported"));
+            }
+        }
+        if config["fan_in_fan_out"].as_bool() == Some(true) {
+            return Err("fan_in_fan_out = true is not supported".into());
+        }
+        if !config["modules_to_save"].is_null() {
+            return Err("modules_to_save is not supported".into());
+        }
+        let settings = Settings {
+            rank,
+            alpha,
+            use_rslora: config["use_rslora"].as_bool().unwrap_or(false),
+            targets: Targets::from_config(config)?,
+            only_layers: layers_to_transform(config)?,
+        };
+        // As PEFT: a module gets an adapter when the config targets it; a
+        // config that targets no projection of the model is refused, and
+        // weights for modules it does not target are ignored.
+        if !(0..c.num_layers).any(|l| Module::ALL.into_iter().any(|m| settings.wants(l, m))) {
+            return Err(format!(
+                "target_modules {} (layers_to_transform {}) not found in the model: it has {}",
+                config["target_modules"],
+                config["layers_to_transform"],
+                Module::ALL.map(Module::name).join(", ")
+            ));
+        }
+        Ok(settings)
+    }
+
+    fn wants(&self, layer: usize, module: Module) -> bool {
+        self.only_layers.as_ref().is_none_or(|l| l.contains(&layer))
+            && self.targets.wants(layer, module)
+    }
+}
+
 impl Adapter {
+    /// An adapter from its PEFT `config` (as `adapter_config.json` holds it)
+    /// and weights, for a model with config `c`: every projection the config
+    /// targets, and no other, with A `[r, in]` and B `[out, r]`.
+    pub fn new(
+        name: &str,
+        config: serde_json::Value,
+        weights: Vec<LoraWeights>,
+        c: &ModelConfig,
+    ) -> Result<Self, RuntimeError> {
+        let settings = Settings::from_config(&config, c).map_err(RuntimeError::Request)?;
+        let mut want: Vec<(usize, Module)> = Self::targets(&config, c)?
+            .into_iter()
+            .map(|t| (t.layer, t.module))
+            .collect();
+        let mut have: Vec<(usize, Module)> = weights.iter().map(|w| (w.layer, w.module)).collect();
+        want.sort();
+        have.sort();
+        if want != have {
+            return Err(RuntimeError::Request(format!(
+                "adapter `{name}`: its config targets {} projections but {} weights were given",
+                want.len(),
+                have.len()
+            )));
+        }
+        for w in &weights {
+            let (out, inp) = w.module.shape(c);
+            let (r, i) = (settings.rank as i64, inp as i64);
+            if w.a.size() != [r, i] || w.b.size() != [out as i64, r] {
+                return Err(RuntimeError::Request(format!(
+                    "adapter `{name}`: layer {} {} has A {:?} and B {:?}, expected [{r}, {i}] and [{out}, {r}]",
+                    w.layer,
+                    w.module.name(),
+                    w.a.size(),
+                    w.b.size()
+                )));
+            }
+        }
+        Ok(Adapter::with_settings(
+            name.to_string(),
+            Path::new(name),
+            settings,
+            weights,
+            config,
+        ))
+    }
+
+    fn with_settings(
+        name: String,
+        dir: &Path,
+        settings: Settings,
+        weights: Vec<LoraWeights>,
+        config: serde_json::Value,
+    ) -> Adapter {
+        Adapter {
+            name,
+            dir: dir.to_path_buf(),
+            rank: settings.rank,
+            alpha: settings.alpha,
+            use_rslora: settings.use_rslora,
+            weights,
+            scale: 1.0,
+            enabled: true,
+            record_scalars: false,
+            scalars: Default::default(),
+            config,
+        }
+    }
+
+    /// The projections a PEFT `config` targets in a model with config `c`, in order.
+    pub fn targets(
+        config: &serde_json::Value,
+        c: &ModelConfig,
+    ) -> Result<Vec<Target>, RuntimeError> {
+        let settings = Settings::from_config(config, c).map_err(RuntimeError::Request)?;
+        Ok((0..c.num_layers)
+            .flat_map(|l| Module::ALL.into_iter().map(move |m| (l, m)))
+            .filter(|&(l, m)| settings.wants(l, m))
+            .map(|(layer, module)| {
+                let (out_features, in_features) = module.shape(c);
+                Target {
+                    layer,
+                    module,
+                    out_features,
+                    in_features,
+                }
+            })
+            .collect())
+    }
+
+    /// The PEFT config this adapter was made from, written by [`Adapter::save`].
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
     /// Loads a PEFT adapter folder (`adapter_config.json`,
     /// `adapter_model.safetensors`) for a model with config `c`.
     pub fn load(
@@ -210,46 +372,9 @@ impl Adapter {
             std::fs::read_to_string(&cfg_path).map_err(|e| file_err(&cfg_path, e.to_string()))?;
         let config: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| file_err(&cfg_path, format!("invalid JSON: {e}")))?;
-        let bad = |reason: String| file_err(&cfg_path, reason);
-        if config["peft_type"].as_str().unwrap_or("LORA") != "LORA" {
-            return Err(bad(format!(
-                "peft_type {} is not LORA",
-                config["peft_type"]
-            )));
-        }
-        let rank = config["r"]
-            .as_u64()
-            .ok_or_else(|| bad("no integer `r`".into()))? as usize;
-        let alpha = config["lora_alpha"]
-            .as_f64()
-            .ok_or_else(|| bad("no number `lora_alpha`".into()))?;
-        for key in ["rank_pattern", "alpha_pattern"] {
-            if config[key].as_object().is_some_and(|o| !o.is_empty()) {
-                return Err(bad(format!("`{key}` (per-module ranks) is not supported")));
-            }
-        }
-        if config["fan_in_fan_out"].as_bool() == Some(true) {
-            return Err(bad("fan_in_fan_out = true is not supported".into()));
-        }
-        if !config["modules_to_save"].is_null() {
-            return Err(bad("modules_to_save is not supported".into()));
-        }
-        let targets = Targets::from_config(&config).map_err(bad)?;
-        let only_layers = layers_to_transform(&config).map_err(bad)?;
-        // As PEFT: a module gets an adapter when the config targets it; a
-        // config that targets no projection of the model is refused, and
-        // weights for modules it does not target are ignored.
-        let wanted = |layer: usize, module: Module| {
-            only_layers.as_ref().is_none_or(|l| l.contains(&layer)) && targets.wants(layer, module)
-        };
-        if !(0..c.num_layers).any(|l| Module::ALL.into_iter().any(|m| wanted(l, m))) {
-            return Err(bad(format!(
-                "target_modules {} (layers_to_transform {}) not found in the model: it has {}",
-                config["target_modules"],
-                config["layers_to_transform"],
-                Module::ALL.map(Module::name).join(", ")
-            )));
-        }
+        let settings = Settings::from_config(&config, c).map_err(|r| file_err(&cfg_path, r))?;
+        let wanted = |layer: usize, module: Module| settings.wants(layer, module);
+        let rank = settings.rank;
         let files = WeightFiles::open_file(&dir.join("adapter_model.safetensors"))?;
         // (layer, module) → (A, B), filled as the keys come.
         let mut pairs: std::collections::BTreeMap<(usize, Module), [Option<Tensor>; 2]> =
@@ -312,22 +437,11 @@ impl Adapter {
                 "holds no LoRA weights for the modules its config targets",
             ));
         }
-        Ok(Adapter {
-            name: dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "adapter".into()),
-            dir: dir.to_path_buf(),
-            rank,
-            alpha,
-            use_rslora: config["use_rslora"].as_bool().unwrap_or(false),
-            weights,
-            scale: 1.0,
-            enabled: true,
-            record_scalars: false,
-            scalars: Default::default(),
-            config,
-        })
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "adapter".into());
+        Ok(Adapter::with_settings(name, dir, settings, weights, config))
     }
 
     /// PEFT's scaling: alpha / r, or alpha / √r with rsLoRA.
@@ -402,11 +516,11 @@ impl Adapter {
             );
             tensors.push((
                 format!("{p}.lora_A.weight"),
-                w.a.to_device(Device::Cpu).contiguous(),
+                w.a.detach().to_device(Device::Cpu).contiguous(),
             ));
             tensors.push((
                 format!("{p}.lora_B.weight"),
-                w.b.to_device(Device::Cpu).contiguous(),
+                w.b.detach().to_device(Device::Cpu).contiguous(),
             ));
         }
         let path = dir.join("adapter_model.safetensors");

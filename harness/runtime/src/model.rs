@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use crate::cache::KvCache;
 use crate::hooks::{HookSet, Phase, Site};
 use crate::host::{contiguous, f32_slice, f32_slice_mut};
-use crate::linear::{on_rows, Linear};
+use crate::linear::{on_rows, Linear, LinearPath};
 use crate::lora::{Adapter, Module};
 use crate::prefill::LogitsAt;
 use crate::weights::WeightFiles;
@@ -34,6 +34,9 @@ pub struct Model {
     /// f32 on a CPU with AVX2 and FMA: products, norms and one-token
     /// attention run on emh's kernels rather than ATen.
     kernels: bool,
+    /// Loaded for training: every operation is ATen's, so autograd can
+    /// differentiate the forward pass (emh's kernels cannot be).
+    trainable: bool,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -65,6 +68,15 @@ enum Attention {
 impl Model {
     /// Loads a model folder onto `device`, with weights in `kind`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, RuntimeError> {
+        Self::load_inner(dir, device, kind, false)
+    }
+
+    fn load_inner(
+        dir: &Path,
+        device: Device,
+        kind: Kind,
+        trainable: bool,
+    ) -> Result<Self, RuntimeError> {
         let config = ModelConfig::from_dir(dir)?;
         let files = WeightFiles::open(dir)?;
         // Layers the config does not know would be left out without a word.
@@ -89,9 +101,25 @@ impl Model {
             });
         }
         let untied_head = files.contains("lm_head.weight");
-        Self::build(dir, config, device, kind, untied_head, |name, shape| {
-            files.load(name, shape, kind, device)
-        })
+        Self::build(
+            dir,
+            config,
+            device,
+            kind,
+            untied_head,
+            trainable,
+            |name, shape| files.load(name, shape, kind, device),
+        )
+    }
+
+    /// Loads a model folder for training adapters: the same weights, frozen,
+    /// with every operation on ATen so gradients flow through the forward
+    /// pass (see [`Model::forward_with_grad`]). Slower than [`Model::load`]
+    /// for inference on CPU.
+    pub fn load_trainable(dir: &Path, device: Device, kind: Kind) -> Result<Self, RuntimeError> {
+        let mut model = Self::load_inner(dir, device, kind, true)?;
+        model.trainable = true;
+        Ok(model)
     }
 
     /// A model with random weights from a folder's `config.json` alone, as HF
@@ -105,21 +133,29 @@ impl Model {
     ) -> Result<Self, RuntimeError> {
         let config = ModelConfig::from_dir(dir)?;
         let untied_head = !config.tie_word_embeddings;
-        Self::build(dir, config, device, kind, untied_head, |name, shape| {
-            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-            let opts = (kind, device);
-            Ok(if name.ends_with("norm.weight") {
-                Tensor::ones(dims.as_slice(), opts)
-            } else if name.ends_with(".bias") {
-                Tensor::zeros(dims.as_slice(), opts)
-            } else {
-                let count = shape.iter().product();
-                Tensor::from_slice(&crate::random::normal_values(seed, name, count, 0.02))
-                    .view(dims.as_slice())
-                    .to_kind(kind)
-                    .to_device(device)
-            })
-        })
+        Self::build(
+            dir,
+            config,
+            device,
+            kind,
+            untied_head,
+            false,
+            |name, shape| {
+                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                let opts = (kind, device);
+                Ok(if name.ends_with("norm.weight") {
+                    Tensor::ones(dims.as_slice(), opts)
+                } else if name.ends_with(".bias") {
+                    Tensor::zeros(dims.as_slice(), opts)
+                } else {
+                    let count = shape.iter().product();
+                    Tensor::from_slice(&crate::random::normal_values(seed, name, count, 0.02))
+                        .view(dims.as_slice())
+                        .to_kind(kind)
+                        .to_device(device)
+                })
+            },
+        )
     }
 
     /// Assembles a model from `load(name, shape)` for each HF tensor name.
@@ -129,9 +165,18 @@ impl Model {
         device: Device,
         kind: Kind,
         untied_head: bool,
+        trainable: bool,
         load: impl Fn(&str, &[usize]) -> Result<Tensor, RuntimeError>,
     ) -> Result<Self, RuntimeError> {
-        let kernels = device == Device::Cpu && kind == Kind::Float && emh_kernels::fast();
+        let kernels =
+            !trainable && device == Device::Cpu && kind == Kind::Float && emh_kernels::fast();
+        let path = if trainable {
+            LinearPath::Aten
+        } else if kernels {
+            LinearPath::Kernels
+        } else {
+            LinearPath::Fastest
+        };
         if kernels {
             // The products and one-token attention run on emh's kernel
             // threads, which spin between jobs; torch's own worker threads
@@ -160,18 +205,18 @@ impl Model {
             let up = load(&format!("{p}.mlp.up_proj.weight"), &[i, h])?;
             layers.push(Layer {
                 input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
-                qkv: Linear::new(Tensor::cat(&[q, k, v], 0), qkv_b, kernels),
+                qkv: Linear::new(Tensor::cat(&[q, k, v], 0), qkv_b, path),
                 o: Linear::new(
                     load(&format!("{p}.self_attn.o_proj.weight"), &[h, q_rows])?,
                     None,
-                    kernels,
+                    path,
                 ),
                 post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_up: Linear::new(Tensor::cat(&[gate, up], 0), None, kernels),
+                gate_up: Linear::new(Tensor::cat(&[gate, up], 0), None, path),
                 down: Linear::new(
                     load(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
                     None,
-                    kernels,
+                    path,
                 ),
             });
         }
@@ -183,7 +228,7 @@ impl Model {
                 load("lm_head.weight", &[c.vocab_size, h])?
             },
             None,
-            kernels,
+            path,
         );
         // As HF computes it: 1 / theta ** (arange(0, d, 2) / d), in f32.
         let exponents = Tensor::arange_start_step(0, hd as i64, 2, (Kind::Int64, Device::Cpu))
@@ -198,6 +243,7 @@ impl Model {
             device,
             kind,
             kernels,
+            trainable,
             embed,
             layers,
             norm,
@@ -210,8 +256,38 @@ impl Model {
     /// Loads a PEFT LoRA adapter folder and applies it from now on.
     pub fn load_adapter(&mut self, dir: &Path) -> Result<&mut Adapter, RuntimeError> {
         let a = Adapter::load(dir, &self.config, self.device, self.kind)?;
-        self.adapters.push(a);
-        Ok(self.adapters.last_mut().expect("just pushed"))
+        Ok(self.add_adapter(a))
+    }
+
+    /// Applies `adapter` from now on, after those already added.
+    pub fn add_adapter(&mut self, adapter: Adapter) -> &mut Adapter {
+        self.adapters.push(adapter);
+        self.adapters.last_mut().expect("just pushed")
+    }
+
+    /// Logits at every position of a left-padded `batch` with autograd on,
+    /// for training adapters: `[batch, seq, vocab]` in f32. Only a model
+    /// from [`Model::load_trainable`] can be differentiated.
+    pub fn forward_with_grad(&self, batch: &crate::Batch) -> Result<Tensor, RuntimeError> {
+        if !self.trainable {
+            return Err(RuntimeError::Request(
+                "this model was loaded for inference; load it with Model::load_trainable to train"
+                    .into(),
+            ));
+        }
+        let (b, t) = (batch.ids.size()[0], batch.ids.size()[1]);
+        self.config.check_length(t as usize, || {
+            format!("a batch of {b} sequences, the longest")
+        })?;
+        let mut cache = self.new_cache(b, t)?;
+        self.forward(
+            &batch.ids,
+            &batch.positions,
+            &mut cache,
+            &mut HookSet::new(),
+            Phase::Prefill,
+            LogitsAt::All,
+        )
     }
 
     /// The adapters, in the order they were added.
@@ -546,11 +622,12 @@ impl Model {
                         .reshape([b, t, nh * hd])
                 }
             };
-            x += on_rows(&attn, rows, |attn| {
+            // Out of place: autograd keeps the x the norms saw.
+            x = x.g_add(&on_rows(&attn, rows, |attn| {
                 let mut o = layer.o.forward(attn);
                 self.add_lora(l, Module::O, attn, &mut o, phase);
                 o
-            });
+            }));
             let h = self.rms_norm(&x, &layer.post_norm);
             let mut mlp = on_rows(&h, rows, |h| {
                 let gu = layer.gate_up.forward(h);
@@ -582,7 +659,7 @@ impl Model {
                 mlp
             });
             hooks.run(Site::MlpOut(l), &mut mlp, phase, positions);
-            x += mlp;
+            x = x.g_add(&mlp);
             hooks.run(Site::ResidPost(l), &mut x, phase, positions);
         }
         cache.len = total;

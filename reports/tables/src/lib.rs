@@ -9,12 +9,14 @@ mod csv;
 mod frame;
 mod judgments;
 mod metrics;
+mod plain;
 mod samples;
 
 pub use crate::csv::{read_reference_csv, write_reference_csv, ReferenceCsv};
 pub use frame::{read_parquet, write_parquet};
 pub use judgments::{judgments_frame, judgments_from_frame, JudgmentRow};
 pub use metrics::metrics_frame;
+pub use plain::{column_names, float_column, read_table, string_column, write_columns, Values};
 pub use polars;
 pub use samples::{samples_frame, samples_from_frame, SampleRow};
 
