@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod grid;
+pub mod lora;
 pub mod run;
 
 use std::path::{Path, PathBuf};

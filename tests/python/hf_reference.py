@@ -217,6 +217,79 @@ def cmd_make_lora(a):
     emit({"dir": a.out})
 
 
+def chat_example(tok, messages):
+    """Token ids of a conversation and which are trained: the assistant turns
+    with their end-of-turn tokens, found by rendering the conversation up to
+    each turn with and without the generation prompt."""
+    ids, trained, done = [], [], ""
+
+    def push(text, train):
+        nonlocal done
+        assert text.startswith(done), "the template does not render the conversation incrementally"
+        piece = tok(text[len(done):], add_special_tokens=False)["input_ids"]
+        ids.extend(piece)
+        trained.extend([train] * len(piece))
+        done = text
+
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            push(tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True), False)
+            push(tok.apply_chat_template(messages[: i + 1], tokenize=False), True)
+    push(tok.apply_chat_template(messages, tokenize=False), False)
+    trained[0] = False
+    return ids, trained
+
+
+def cmd_train_step(a):
+    """One optimizer step of PEFT LoRA training as emh trains: the summed NLL
+    of every trained token over their count, gradients clipped, then
+    torch.optim.AdamW. Compares the gradients (from emh's first moments) and
+    the updated adapter with emh's checkpoint."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    cfg = json.load(open(a.settings))
+    tok = load_tokenizer(a.model)
+    model = load_model(a.model)
+    model = PeftModel.from_pretrained(model, a.adapter, is_trainable=True)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    examples = [chat_example(tok, l["messages"]) for l in jsonl(a.data)]
+    count = sum(sum(t) for _, t in examples)
+    total = 0.0
+    for ids, trained in examples:
+        x = torch.tensor([ids])
+        logits = model(input_ids=x).logits[0, :-1].float()
+        target = x[0, 1:]
+        mask = torch.tensor(trained[1:])
+        nll = torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
+        (nll / count).backward()
+        total += nll.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg["max_grad_norm"]).item()
+    grads = {n: p.grad.detach().clone() for n, p in params.items()}
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg["learning_rate"], betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
+                            eps=cfg["adam_epsilon"], weight_decay=cfg["weight_decay"])
+    opt.step()
+    ours_moments = load_file(os.path.join(a.ours, "optimizer.safetensors"))
+    ours_adapter = load_file(os.path.join(a.ours, "adapter_model.safetensors"))
+    grad_err, grad_size, param_err, compared = 0.0, 0.0, 0.0, 0
+    for name, p in params.items():
+        # base_model.model.model.layers.L.mlp.down_proj.lora_A.default.weight
+        parts = name.split(".")
+        layer, module, which = parts[4], parts[6], parts[7][-1].lower()
+        g_ours = ours_moments[f"layers.{layer}.{module}.{which}.exp_avg"] / (1 - cfg["adam_beta1"])
+        grad_err = max(grad_err, (g_ours - grads[name]).abs().max().item())
+        grad_size = max(grad_size, grads[name].abs().max().item())
+        saved = ours_adapter[name.replace(".default", "")]
+        # Adam's first step is about lr * sign(grad): compared where the
+        # gradient is clear of rounding, so its sign is the same on both sides.
+        clear = grads[name].abs() >= 1e-3 * grads[name].abs().max()
+        param_err = max(param_err, (saved - p.detach())[clear].abs().max().item())
+        compared += 1
+    emit({"loss": total / count, "trained_tokens": count, "grad_norm": grad_norm, "grad_max_abs_err": grad_err,
+          "grad_max_abs": grad_size, "param_max_abs_err": param_err,
+          "tensors_compared": compared})
+
+
 def cmd_make_gguf(a):
     """A small llama GGUF whose tensors use every supported ggml type, tokenizer from a real GGUF."""
     import gguf
@@ -308,6 +381,8 @@ def main():
     s = sub.add_parser("make-tiny"); s.add_argument("--arch", required=True); s.add_argument("--out", required=True)
     s.add_argument("--tokenizer-from", required=True); s.add_argument("--vocab-size", type=int, default=49152)
     s.add_argument("--tied", action="store_true"); s.add_argument("--shard", default="50GB")
+    s = sub.add_parser("train-step"); s.add_argument("--model", required=True); s.add_argument("--adapter", required=True)
+    s.add_argument("--data", required=True); s.add_argument("--settings", required=True); s.add_argument("--ours", required=True)
     s = sub.add_parser("make-gguf"); s.add_argument("--out", required=True); s.add_argument("--tokenizer-gguf", required=True)
     a = ap.parse_args()
     globals()["cmd_" + a.cmd.replace("-", "_")](a)
