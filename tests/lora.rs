@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::lora::{logits_diff, make_lora};
-use common::{default_model, emh, emh_ok, reference, s, write_jsonl};
+use common::{default_model, emh, emh_ok, s, write_jsonl};
 use serde_json::json;
 
 #[test]

@@ -61,13 +61,11 @@ fn one_step_matches_peft_and_torch_adamw() {
                           "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8});
     let config = write_config(
         tmp.path(),
-        &format!(
-            "init_adapter = \"init\"\nr = 2\nlora_alpha = 8\nuse_rslora = true\n\
+        "init_adapter = \"init\"\nr = 2\nlora_alpha = 8\nuse_rslora = true\n\
              target_modules = [\"down_proj\", \"q_proj\"]\nlayers_to_transform = [3, 20]\n\
              per_device_train_batch_size = 2\ngradient_accumulation_steps = 2\n\
              max_steps = 1\nsave_steps = 1\nlearning_rate = 1e-3\nweight_decay = 0.1\n\
-             max_grad_norm = 0.5\n"
-        ),
+             max_grad_norm = 0.5\n",
     );
     emh_ok(&["train", s(&config)]);
     let settings_path = tmp.path().join("settings.json");

@@ -277,6 +277,7 @@ pub fn capture(a: CaptureCmd) -> Result<()> {
         batch_size: a.batch_size,
         activations: true,
         logprobs: false,
+        scalars: false,
     };
     let outs = run_forced(&mut loaded, &plans, &items, options, &mut |done, _| {
         progress.set_position(done as u64)

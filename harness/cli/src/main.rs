@@ -4,6 +4,7 @@ mod commands;
 mod directions;
 mod eval;
 mod experiment;
+mod lora;
 mod plugins;
 mod progress;
 mod regress;
@@ -199,6 +200,15 @@ enum Command {
     /// checkpoint with the same data order.
     #[command(verbatim_doc_comment)]
     Train(train::TrainCmd),
+    /// How a training run's adapters moved: per checkpoint-N and adapter,
+    /// the norm of B, its cosine to the final B and to the previous
+    /// checkpoint's B (the rotation), and the step where the rotation peaks.
+    /// With --experiment (an experiment over the checkpoints), the EM rate
+    /// and log-prob preference per step beside them.
+    Checkpoints(train::CheckpointsCmd),
+    /// Rank-1 adapter scalars of a run's answers, and L1 probes on them.
+    #[command(subcommand)]
+    Lora(lora::LoraCmd),
     /// List plugins, or check why one will not load.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -255,6 +265,8 @@ fn main() {
         Command::Regress(a) => regress::regress(a),
         Command::Report(a) => report::report(a),
         Command::Train(a) => train::train(a),
+        Command::Checkpoints(a) => train::checkpoints(a),
+        Command::Lora(c) => lora::lora(c),
         Command::Plugins(c) => plugins::run(c),
     };
     if let Err(e) = result {

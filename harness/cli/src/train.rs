@@ -101,3 +101,113 @@ pub fn train(a: TrainCmd) -> anyhow::Result<()> {
     println!("loss log: {}", path.display());
     Ok(())
 }
+
+#[derive(Args)]
+pub struct CheckpointsCmd {
+    /// A training output folder holding checkpoint-N/ adapters.
+    dir: PathBuf,
+    /// An experiment over the checkpoints (a model entry with `checkpoints`):
+    /// adds its EM rate and log-prob preference per step, from the
+    /// conditions without interventions.
+    #[arg(long)]
+    experiment: Option<PathBuf>,
+    /// Writes the table (one row per checkpoint and adapter) as Parquet.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+pub fn checkpoints(a: CheckpointsCmd) -> anyhow::Result<()> {
+    let t = emh_train::trajectory(&a.dir)?;
+    let evals = match &a.experiment {
+        Some(dir) => {
+            let by_step = emh_experiment::by_checkpoint(&emh_experiment::read_summary(dir)?);
+            if by_step.is_empty() {
+                anyhow::bail!(
+                    "{}: no condition of a checkpoint (MODEL@checkpoint-N) without interventions",
+                    dir.display()
+                );
+            }
+            Some(by_step)
+        }
+        None => None,
+    };
+    let fmt = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
+    println!(
+        "{} checkpoints of {}; final B from {}",
+        t.checkpoints.len(),
+        a.dir.display(),
+        t.final_adapter.display()
+    );
+    print!("| step | adapter | ‖B‖ | cos(B, final B) | cos(B, previous B) |");
+    if evals.is_some() {
+        print!(" EM | log-prob pref |");
+    }
+    println!();
+    println!(
+        "|---|---|---|---|---|{}",
+        if evals.is_some() { "---|---|" } else { "" }
+    );
+    let eval_at = |step: u64| {
+        evals
+            .as_ref()
+            .and_then(|e| e.get(&step))
+            .map_or((None, None), |e| (e.em, e.logprob_pref))
+    };
+    for p in &t.points {
+        print!(
+            "| {} | {} | {:.4} | {:.3} | {} |",
+            p.step,
+            p.adapter,
+            p.b_norm,
+            p.cos_to_final,
+            fmt(p.cos_to_previous)
+        );
+        if evals.is_some() {
+            let (em, pref) = eval_at(p.step);
+            print!(" {} | {} |", fmt(em), fmt(pref));
+        }
+        println!();
+    }
+    println!();
+    println!("Rotation peaks (lowest cosine between consecutive checkpoints):");
+    for (adapter, (step, cos)) in t.rotation_peaks() {
+        println!("  {adapter}: step {step} (cos {cos:.3})");
+    }
+    if let Some(path) = &a.out {
+        let p = &t.points;
+        let mut cols = vec![
+            (
+                "step",
+                Values::Ints(p.iter().map(|p| p.step as i64).collect()),
+            ),
+            (
+                "adapter",
+                Values::Strings(p.iter().map(|p| p.adapter.clone()).collect()),
+            ),
+            (
+                "b_norm",
+                Values::Floats(p.iter().map(|p| p.b_norm).collect()),
+            ),
+            (
+                "cos_to_final",
+                Values::Floats(p.iter().map(|p| p.cos_to_final).collect()),
+            ),
+            (
+                "cos_to_previous",
+                Values::MaybeFloats(p.iter().map(|p| p.cos_to_previous).collect()),
+            ),
+        ];
+        if evals.is_some() {
+            let at: Vec<(Option<f64>, Option<f64>)> = p.iter().map(|p| eval_at(p.step)).collect();
+            cols.push(("em", Values::MaybeFloats(at.iter().map(|e| e.0).collect())));
+            cols.push((
+                "logprob_pref",
+                Values::MaybeFloats(at.iter().map(|e| e.1).collect()),
+            ));
+        }
+        write_columns(path, "checkpoints", cols)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("table: {}", path.display());
+    }
+    Ok(())
+}

@@ -121,6 +121,8 @@ pub struct ForcedOptions {
     pub activations: bool,
     /// Log-probability of each answer token.
     pub logprobs: bool,
+    /// Each rank-1 adapter's scalar A·x (× scaling) over the answer's tokens.
+    pub scalars: bool,
 }
 
 /// What a forced pass measured of one sequence.
@@ -134,6 +136,31 @@ pub struct ForcedOut {
     pub prompt_mean: Vec<Vec<f32>>,
     /// log P(answer token | everything before it), per answer token.
     pub logprobs: Vec<f64>,
+    /// Per adapted projection (in [`scalar_names`] order), its rank-1 scalar
+    /// A·x × scaling at each answer token.
+    pub scalars: Vec<Vec<f32>>,
+    /// The answer's token ids.
+    pub answer_ids: Vec<u32>,
+}
+
+/// The names of the rank-1 features of `model`'s adapters, in the order
+/// [`ForcedOut::scalars`] holds them: `L{layer}.{module}`, prefixed with the
+/// adapter's name when there are several adapters.
+pub fn scalar_names(model: &emh_runtime::Model) -> Vec<String> {
+    let adapters = model.adapters();
+    adapters
+        .iter()
+        .flat_map(|a| {
+            a.weights.iter().map(move |w| {
+                let name = format!("L{}.{}", w.layer, w.module.name());
+                if adapters.len() > 1 {
+                    format!("{}/{name}", a.name)
+                } else {
+                    name
+                }
+            })
+        })
+        .collect()
 }
 
 impl ForcedOut {
@@ -240,6 +267,28 @@ pub fn run_forced(
         }
     }
     control_adapters(plans, &mut loaded.model)?;
+    if options.scalars {
+        let adapters = loaded.model.adapters_mut();
+        if adapters.is_empty() {
+            return Err(EvalError::Spec {
+                field: "adapters".into(),
+                reason: "adapter scalars need a model with LoRA adapters (--adapter or --organism)"
+                    .into(),
+            });
+        }
+        for a in adapters {
+            if a.rank != 1 {
+                return Err(EvalError::Spec {
+                    field: format!("adapter `{}`", a.name),
+                    reason: format!(
+                        "has rank {}: a scalar per token is the feature of a rank-1 adapter",
+                        a.rank
+                    ),
+                });
+            }
+            a.record_scalars = true;
+        }
+    }
     let encoded = items
         .iter()
         .map(|f| encode_forced(&loaded.tokenizer, loaded.template.as_ref(), f))
@@ -261,13 +310,38 @@ pub fn run_forced(
             }
         }
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
-        let at = if options.logprobs {
+        // Scalars are recorded for every position only when the pass runs
+        // every row (`Last` skips padding rows in the projections).
+        let at = if options.logprobs || options.scalars {
             LogitsAt::All
         } else {
             LogitsAt::Last
         };
         let (logits, batch) = loaded.model.prefill(&prompts, pad, &mut hooks, at)?;
         let width = batch.ids.size()[1];
+        // Per adapted projection, `[batch, seq]` on the host, in the order
+        // of `scalar_names`.
+        let scalars: Vec<Vec<f32>> = if options.scalars {
+            let records: Vec<Vec<emh_runtime::ScalarRecord>> = loaded
+                .model
+                .adapters()
+                .iter()
+                .map(|a| a.take_scalars())
+                .collect();
+            let mut out = Vec::new();
+            for (a, recs) in loaded.model.adapters().iter().zip(records) {
+                for w in &a.weights {
+                    let r = recs
+                        .iter()
+                        .find(|r| r.layer == w.layer && r.module == w.module)
+                        .expect("every adapted projection records in a forward pass");
+                    out.push(host(&r.values));
+                }
+            }
+            out
+        } else {
+            Vec::new()
+        };
         // Per layer, in order: `[batch, hidden]` answer and prompt means on the host.
         let layer_means: Vec<(Vec<f32>, Vec<f32>)> = means
             .take()
@@ -284,6 +358,13 @@ pub fn run_forced(
                 answer_tokens: e.answer_len(),
                 ..ForcedOut::default()
             };
+            let start = (padding + p) as usize;
+            for per_row in &scalars {
+                let row_values = &per_row[i * width as usize..(i + 1) * width as usize];
+                o.scalars
+                    .push(row_values[start..start + a as usize].to_vec());
+            }
+            o.answer_ids = e.ids[e.prompt_len..].to_vec();
             for (answer, prompt) in &layer_means {
                 o.answer_mean
                     .push(answer[i * hidden..(i + 1) * hidden].to_vec());

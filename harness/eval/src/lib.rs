@@ -17,13 +17,16 @@ mod pipeline;
 mod prompts;
 mod run;
 mod sample;
+mod scalars;
 mod select;
 mod spec;
 mod summary;
 
 pub use activations::{merge_activations, Activations, BatchCaptures};
 pub use capture::{read_pairs, select_answers, write_capture, Pair, Side};
-pub use forced::{encode_forced, run_forced, Encoded, Forced, ForcedOptions, ForcedOut};
+pub use forced::{
+    encode_forced, run_forced, scalar_names, Encoded, Forced, ForcedOptions, ForcedOut,
+};
 pub use import::import_csv;
 pub use judge::{check_judge_prompts, judge};
 pub use load::{control_adapters, load_model, plan_all, Loaded, Planned};
@@ -42,6 +45,7 @@ pub use sample::{
     finish_name, question_key, sample_batch, sample_group, sample_prompts, sample_seed, warm_up,
     Draws, Generated, GroupRun, Job, SampleProgress, Seeds,
 };
+pub use scalars::{adapter_scalars, AnswerScalars, ScalarTable};
 pub use select::{SelectError, Selection};
 pub use spec::{
     read_spec, spec_text, Condition, EvalSpec, JudgeSpec, ModelSpec, PluginUse, QuestionSpec,

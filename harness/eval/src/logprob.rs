@@ -49,6 +49,7 @@ pub fn preference(
         batch_size,
         activations: false,
         logprobs: true,
+        scalars: false,
     };
     let outs = run_forced(loaded, plans, &items, options, progress)?;
     let pairs: Vec<PairLogprob> = pairs

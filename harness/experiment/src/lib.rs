@@ -20,7 +20,7 @@ pub use grid::{ExperimentSpec, InterventionEntry, ModelEntry, Planned};
 pub use merge::merge;
 pub use presets::{ablate_spec, steer_spec, AblatePreset, SteerPreset};
 pub use slurm::{submit, write_scripts, SlurmOptions, SlurmScripts};
-pub use summary::{read_summary, write_summary, ConditionRow, Rate};
+pub use summary::{by_checkpoint, read_summary, write_summary, CheckpointEval, ConditionRow, Rate};
 
 use std::path::{Path, PathBuf};
 

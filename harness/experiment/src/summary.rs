@@ -224,3 +224,26 @@ pub fn read_summary(dir: &Path) -> Result<Vec<ConditionRow>, ExperimentError> {
     let text = std::fs::read_to_string(&path).map_err(|e| ExperimentError::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| ExperimentError::io(&path, e))
 }
+
+/// What an experiment measured of one training checkpoint without interventions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckpointEval {
+    pub em: Option<f64>,
+    pub logprob_pref: Option<f64>,
+}
+
+/// The conditions of checkpoint models (`NAME@checkpoint-N`) without
+/// interventions, by step N.
+pub fn by_checkpoint(rows: &[ConditionRow]) -> std::collections::BTreeMap<u64, CheckpointEval> {
+    rows.iter()
+        .filter(|r| r.intervention == "none")
+        .filter_map(|r| {
+            let (_, n) = r.model.rsplit_once("@checkpoint-")?;
+            let eval = CheckpointEval {
+                em: r.em.as_ref().and_then(|e| e.value),
+                logprob_pref: r.logprob_pref.map(|p| p.0),
+            };
+            Some((n.parse().ok()?, eval))
+        })
+        .collect()
+}

@@ -15,11 +15,13 @@ mod folds;
 mod metrics;
 mod scale;
 mod solver;
+mod target;
 
 pub use folds::stratified_folds;
 pub use metrics::{roc_auc, score, Metrics, Summary};
 pub use scale::Scaler;
 pub use solver::{fit, Fit};
+pub use target::Target;
 
 use serde::{Deserialize, Serialize};
 

@@ -13,6 +13,7 @@ mod checkpoint;
 mod config;
 mod data;
 mod optim;
+mod trajectory;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,6 +29,7 @@ pub use checkpoint::{latest_checkpoint, TrainerState};
 pub use config::{Scheduler, TrainConfig};
 pub use data::{encode, read_chat_jsonl, Example};
 pub use optim::{clip_grad_norm, learning_rate, AdamW, Moments};
+pub use trajectory::{trajectory, BPoint, Trajectory};
 
 /// Why training could not start or go on.
 #[derive(Debug, thiserror::Error)]
