@@ -164,6 +164,22 @@ fn a_killed_run_resumes_to_the_same_adapter_which_loads_in_peft() {
     assert_eq!(bytes(&out), bytes(&done), "the resumed run ends elsewhere");
     assert_eq!(state(&out)["log_history"].as_array().unwrap().len(), 8);
 
+    // The B trajectory: a row per checkpoint and adapter, in step order.
+    let table = killed.path().join("trajectory.parquet");
+    let shown = emh_ok(&["checkpoints", s(&out), "--out", s(&table)]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("Rotation peaks") && shown.contains("L12.down_proj"),
+        "{shown}"
+    );
+    let t = emh_tables::read_table(&table).unwrap();
+    assert_eq!(t.height(), 4 * 3, "checkpoints 2, 4, 6, 8 x 3 adapters");
+    let cos_final = emh_tables::float_column(&t, "t", "cos_to_final").unwrap();
+    assert!(
+        (cos_final.last().unwrap().unwrap() - 1.0).abs() < 1e-9,
+        "the last checkpoint is final"
+    );
+
     // The trained adapter in python peft gives emh's logits.
     let diff = logits_diff(whole.path(), &[&done]);
     assert!(diff < 1e-3, "max |logit difference| {diff}");

@@ -290,6 +290,39 @@ def cmd_train_step(a):
           "tensors_compared": compared})
 
 
+def cmd_adapter_scalars(a):
+    """Each rank-1 adapter's A·x × scaling at every answer token, read from
+    peft's own lora_A modules with forward hooks. The sequence is the chat
+    prompt with its generation prompt, then the answer tokenized on its own
+    (trailing whitespace dropped, as the template writes it)."""
+    from peft import PeftModel
+
+    tok = load_tokenizer(a.model)
+    model = PeftModel.from_pretrained(load_model(a.model), a.adapter).eval()
+    seen = {}
+
+    def hook(name, scaling):
+        def f(_module, _inputs, output):
+            seen[name] = (output[0, :, 0] * scaling).tolist()
+        return f
+
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            parts = name.split(".")
+            feature = f"L{parts[4]}.{parts[6]}"
+            module.lora_A["default"].register_forward_hook(hook(feature, module.scaling["default"]))
+    out = {}
+    for item in jsonl(a.items):
+        prompt = tok.apply_chat_template([{"role": "user", "content": item["prompt"]}], tokenize=False,
+                                         add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tok(item["answer"].rstrip(), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            model(input_ids=torch.tensor([p_ids + a_ids]))
+        out[item["id"]] = {k: v[len(p_ids):] for k, v in seen.items()}
+    emit(out)
+
+
 def cmd_make_gguf(a):
     """A small llama GGUF whose tensors use every supported ggml type, tokenizer from a real GGUF."""
     import gguf
@@ -383,6 +416,8 @@ def main():
     s.add_argument("--tied", action="store_true"); s.add_argument("--shard", default="50GB")
     s = sub.add_parser("train-step"); s.add_argument("--model", required=True); s.add_argument("--adapter", required=True)
     s.add_argument("--data", required=True); s.add_argument("--settings", required=True); s.add_argument("--ours", required=True)
+    s = sub.add_parser("adapter-scalars"); s.add_argument("--model", required=True); s.add_argument("--adapter", required=True)
+    s.add_argument("--items", required=True)
     s = sub.add_parser("make-gguf"); s.add_argument("--out", required=True); s.add_argument("--tokenizer-gguf", required=True)
     a = ap.parse_args()
     globals()["cmd_" + a.cmd.replace("-", "_")](a)
