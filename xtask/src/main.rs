@@ -10,6 +10,7 @@
 mod bench;
 mod bench_large;
 mod bench_sweep;
+mod bench_train;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,7 @@ commands:
   bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
   bench local-judge  judgments/s of the local judge plugin on CPU (and with every judgment cached)
   bench sweep      8 steering/random-control conditions in shared batches beside one run per condition
+  bench train      [--steps 6] LoRA training tokens/s of the demo organism beside HF transformers + peft
   bench generate-large [--config DIR] [--device cuda] [--batch 50] [--new-tokens 600] [--repeats 2]
                    a large shape (default Qwen2.5-14B) with random weights in bf16 on a GPU,
                    beside HF transformers, and the fraction of the memory-bandwidth roofline
@@ -70,6 +72,7 @@ fn main() -> Result<()> {
         ["bench", "judge"] => bench::judge(&root()),
         ["bench", "local-judge"] => bench::local_judge(&bench_env()?),
         ["bench", "sweep"] => bench_sweep::sweep(&bench_env()?),
+        ["bench", "train", rest @ ..] => bench_train::train(&bench_env()?, rest),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use emh_eval::{adapter_scalars, load_model};
+use emh_eval::{adapter_scalars, load_model, read_pairs, ScalarInputs};
 use emh_probe::{cross_validate, ProbeOptions, Table, Target};
 use emh_tables::{column_names, float_column, read_table, write_columns, Values};
 
@@ -46,7 +46,13 @@ pub enum LoraCmd {
 #[derive(Args)]
 pub struct ScalarsCmd {
     /// A run directory or judged CSV whose answers to read the scalars over.
-    input: PathBuf,
+    #[arg(required_unless_present = "pairs", conflicts_with = "pairs")]
+    input: Option<PathBuf>,
+    /// Labelled pairs (JSONL: id, question, aligned, misaligned) instead of
+    /// a run: both answers of each, with a `misaligned` column of 1 or 0
+    /// (probe it with --target column:misaligned).
+    #[arg(long)]
+    pairs: Option<PathBuf>,
     /// Which judge's scores to join, when several judged the run.
     #[arg(long)]
     judge_id: Option<String>,
@@ -114,16 +120,15 @@ fn scalars(a: ScalarsCmd) -> Result<()> {
     let spec = a.model.spec(&a.plugins)?;
     let mut loaded = load_model(&spec, &registry, false)?;
     let progress = bar(0, "scalars");
-    let table = adapter_scalars(
-        &mut loaded,
-        &a.input,
-        a.judge_id.as_deref(),
-        a.batch_size,
-        &mut |done, total| {
-            progress.set_length(total as u64);
-            progress.set_position(done as u64);
-        },
-    )?;
+    let inputs = match (&a.input, &a.pairs) {
+        (Some(input), _) => ScalarInputs::from_run(input, a.judge_id.as_deref())?,
+        (None, Some(pairs)) => ScalarInputs::from_pairs(&read_pairs(pairs)?),
+        (None, None) => bail!("give a run directory or judged CSV, or --pairs"),
+    };
+    let table = adapter_scalars(&mut loaded, inputs, a.batch_size, &mut |done, total| {
+        progress.set_length(total as u64);
+        progress.set_position(done as u64);
+    })?;
     progress.finish_and_clear();
     if table.empty > 0 {
         eprintln!("{} empty answers left out", table.empty);

@@ -11,10 +11,16 @@ use emh_train::{StepLog, TrainConfig, Trainer};
 pub struct TrainCmd {
     /// The training config (TOML); paths in it are relative to it.
     config: PathBuf,
+    /// Write checkpoints and the adapter here instead of the config's output_dir.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
 }
 
 pub fn train(a: TrainCmd) -> anyhow::Result<()> {
-    let config = TrainConfig::from_file(&a.config)?;
+    let mut config = TrainConfig::from_file(&a.config)?;
+    if let Some(dir) = a.output_dir {
+        config.output_dir = dir;
+    }
     let out = config.output_dir.clone();
     let mut trainer = Trainer::new(config)?;
     let examples = trainer.examples();
@@ -32,7 +38,13 @@ pub fn train(a: TrainCmd) -> anyhow::Result<()> {
             String::new()
         }
     );
-    if let Some(dir) = &trainer.resumed_from {
+    if trainer.done_steps() == trainer.total_steps() {
+        eprintln!(
+            "{} is already trained ({} steps): nothing to do",
+            out.display(),
+            trainer.total_steps()
+        );
+    } else if let Some(dir) = &trainer.resumed_from {
         eprintln!(
             "resuming from {} (step {} of {})",
             dir.display(),

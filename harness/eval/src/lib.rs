@@ -45,7 +45,7 @@ pub use sample::{
     finish_name, question_key, sample_batch, sample_group, sample_prompts, sample_seed, warm_up,
     Draws, Generated, GroupRun, Job, SampleProgress, Seeds,
 };
-pub use scalars::{adapter_scalars, AnswerScalars, ScalarTable};
+pub use scalars::{adapter_scalars, AnswerScalars, ScalarInputs, ScalarTable};
 pub use select::{SelectError, Selection};
 pub use spec::{
     read_spec, spec_text, Condition, EvalSpec, JudgeSpec, ModelSpec, PluginUse, QuestionSpec,

@@ -188,3 +188,29 @@ pub(crate) fn load(dir: &Path, params: &mut [Param]) -> Result<TrainerState, Tra
     }
     TrainerState::read(dir)
 }
+
+/// Sets `params` from the final adapter in `out` (moments are not kept
+/// there: a finished run takes no more steps); returns its state.
+pub(crate) fn load_final(
+    out: &Path,
+    params: &mut [Param],
+    c: &emh_runtime::ModelConfig,
+) -> Result<TrainerState, TrainError> {
+    let adapter = Adapter::load(out, c, Device::Cpu, tch::Kind::Float)?;
+    for p in params.iter_mut() {
+        let name = names(p);
+        let w = adapter
+            .weights
+            .iter()
+            .find(|w| w.layer == p.layer && w.module == p.module)
+            .ok_or_else(|| err(out, format!("has no {name}")))?;
+        for (target, value) in [(&mut p.a, &w.a), (&mut p.b, &w.b)] {
+            if value.size() != target.size() {
+                return Err(err(out, format!("{name} has another shape")));
+            }
+            let value = value.to_device(target.device());
+            tch::no_grad(|| target.copy_(&value));
+        }
+    }
+    TrainerState::read(out)
+}
