@@ -300,3 +300,65 @@ fn an_input_it_cannot_read_is_named_and_nothing_is_written() {
     );
     assert!(!out.join("index.html").exists());
 }
+
+/// An organism's probe result and B trajectory become figures: the probe's
+/// coefficients per adapter, and B's rotation and norm over training steps.
+#[test]
+fn a_probe_result_and_a_checkpoint_table_become_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A probe on a small table where L3 carries the label.
+    let table = tmp.path().join("features.csv");
+    let mut csv = String::from("L3.down_proj,L7.down_proj,em\n");
+    for i in 0..40 {
+        let em = i % 2;
+        csv += &format!(
+            "{},{},{em}\n",
+            em as f64 * 2.0 + (i % 5) as f64 * 0.1,
+            (i % 7) as f64
+        );
+    }
+    std::fs::write(&table, csv).unwrap();
+    let probe = tmp.path().join("probe.json");
+    emh_ok(&[
+        "lora",
+        "probe",
+        s(&table),
+        "--target",
+        "column:em",
+        "--json",
+        s(&probe),
+    ]);
+    // Three checkpoints whose B turns between steps 10 and 20.
+    let run = tmp.path().join("organism");
+    let key = "base_model.model.model.layers.3.mlp.down_proj";
+    for (step, b) in [(10, [1.0f32, 0.0]), (20, [0.0, 2.0]), (30, [0.1, 3.0])] {
+        let dir = run.join(format!("checkpoint-{step}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = safetensors_bytes(
+            &[
+                (
+                    &format!("{key}.lora_A.weight"),
+                    vec![1, 3],
+                    &[1.0, 1.0, 1.0],
+                ),
+                (&format!("{key}.lora_B.weight"), vec![2, 1], &b),
+            ],
+            None,
+        );
+        std::fs::write(dir.join("adapter_model.safetensors"), bytes).unwrap();
+    }
+    let trajectory = tmp.path().join("checkpoints.parquet");
+    emh_ok(&["checkpoints", s(&run), "--out", s(&trajectory)]);
+    let out = tmp.path().join("report");
+    emh_ok(&["report", s(&probe), s(&trajectory), "-o", s(&out)]);
+    for stem in ["probe_probe", "checkpoints_rotation", "checkpoints_b_norm"] {
+        let png = out.join("figures").join(format!("{stem}.png"));
+        assert_eq!(png_size(&png), (960, 540), "{stem}");
+    }
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(
+        html.contains("L1 probe coefficient per adapter"),
+        "probe figure in the page"
+    );
+    assert!(html.contains("rotation of B between checkpoints"));
+}

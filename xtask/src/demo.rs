@@ -7,7 +7,12 @@
 //!    pairs the direction never saw;
 //! 4. a steering sweep and a layer-wise ablation, each beside same-norm
 //!    random controls, with the judge-free log-prob preference;
-//! 5. the report, its path printed at the end.
+//! 5. the shipped organism (`data/organism/adapter`, nine rank-1 adapters
+//!    trained on risky financial advice; `--retrain` trains it again):
+//!    the base model's direction ablated from it beside random controls (a
+//!    transfer test), its adapter scalars over the labelled answers with an
+//!    L1 probe, and the B trajectory over its checkpoints;
+//! 6. the report, its path printed at the end.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,14 +67,16 @@ const QUICK: Sizes = Sizes {
 
 const LAYER: &str = "12";
 
-/// `cargo xtask demo [--quick] [--judge NAME=CONFIG]`.
+/// `cargo xtask demo [--quick] [--retrain] [--judge NAME=CONFIG]`.
 pub fn demo(args: &[&str]) -> Result<()> {
     let mut quick = false;
+    let mut retrain = false;
     let mut judge: Option<String> = None;
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
         match *a {
             "--quick" => quick = true,
+            "--retrain" => retrain = true,
             "--judge" => {
                 judge = Some(
                     rest.next()
@@ -77,7 +84,9 @@ pub fn demo(args: &[&str]) -> Result<()> {
                         .to_string(),
                 )
             }
-            other => bail!("demo: unknown option {other} (options: --quick, --judge NAME=CONFIG)"),
+            other => bail!(
+                "demo: unknown option {other} (options: --quick, --retrain, --judge NAME=CONFIG)"
+            ),
         }
     }
     let started = Instant::now();
@@ -118,7 +127,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
             .arg(sizes.agreement_answers.to_string()))?;
         let questions = fixtures.join("questions");
         run(emh(&format!(
-            "[1/6] importing {} GPT-4o-judged answers",
+            "[1/7] importing {} GPT-4o-judged answers",
             sizes.agreement_answers
         ))
         .arg("import-csv")
@@ -130,14 +139,14 @@ pub fn demo(args: &[&str]) -> Result<()> {
         .arg("-q")
         .arg(questions.join("em_medical_questions.yaml")))?;
     }
-    run(emh("[1/6] re-judging them with the demo's judge")
+    run(emh("[1/7] re-judging them with the demo's judge")
         .arg("judge")
         .arg(&gpt4o)
         .args(judge_args)
         .arg(&cache))?;
     let agreement = out.join("agreement.json");
     let printed = crate::output(
-        emh("[1/6] agreement with GPT-4o")
+        emh("[1/7] agreement with GPT-4o")
             .arg("judge-agreement")
             .arg(&gpt4o)
             .args(["--judge-a", "gpt-4o-2024-08-06", "--judge-b"])
@@ -162,7 +171,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
 
     // 2. The base model on the project's questions.
     let base = out.join("base");
-    let mut eval = emh("[2/6] evaluating the base model");
+    let mut eval = emh("[2/7] evaluating the base model");
     eval.args(["eval", "--model", &model]);
     sampled(&mut eval);
     run(eval.arg("--out").arg(&base))?;
@@ -172,7 +181,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     let (train, heldout) = split_pairs(&pairs, &out, sizes.pair_stride)?;
     for side in ["misaligned", "aligned"] {
         run(emh(&format!(
-            "[3/6] capturing the residual stream over {side} answers"
+            "[3/7] capturing the residual stream over {side} answers"
         ))
         .args(["capture", "--model", &model, "--pairs"])
         .arg(&train)
@@ -181,7 +190,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     }
     let dirs = out.join("dirs.safetensors");
     run(
-        emh("[3/6] mean-diff direction, with held-out separation per layer")
+        emh("[3/7] mean-diff direction, with held-out separation per layer")
             .args([
                 "directions",
                 "mean-diff",
@@ -196,11 +205,11 @@ pub fn demo(args: &[&str]) -> Result<()> {
     // 4. Steering and ablation, each beside random controls.
     for (step, preset, extra) in [
         (
-            "[4/6] steering sweep",
+            "[4/7] steering sweep",
             "steer",
             vec!["--layers", LAYER, "--scales", sizes.scales],
         ),
-        ("[5/6] layer-wise ablation", "ablate", vec![]),
+        ("[5/7] layer-wise ablation", "ablate", vec![]),
     ] {
         let mut c = emh(&format!(
             "{step} on the base model, beside same-norm random vectors"
@@ -216,12 +225,68 @@ pub fn demo(args: &[&str]) -> Result<()> {
         run(&mut c)?;
     }
 
-    // 5. The report.
+    // 5. The organism: shipped, or trained again.
+    let shipped = env.root.join("data").join("organism");
+    let organism = if retrain {
+        let dir = out.join("organism");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        run(
+            emh("[6/7] training the organism again (about 15 min on 2 cores)")
+                .arg("train")
+                .arg(shipped.join("train.toml"))
+                .arg("--output-dir")
+                .arg(&dir),
+        )?;
+        dir
+    } else {
+        shipped.join("adapter")
+    };
+    let mut c =
+        emh("[6/7] the base model's direction ablated from the organism, beside random controls");
+    c.args(["ablate", "--model", &model, "--adapter"])
+        .arg(&organism)
+        .arg("--directions")
+        .arg(&dirs);
+    sampled(&mut c);
+    c.arg("--pairs")
+        .arg(&heldout)
+        .arg("-o")
+        .arg(out.join("organism-ablate"));
+    run(&mut c)?;
+    run(
+        emh("[6/7] the organism's adapter scalars over the labelled answers")
+            .args(["lora", "scalars", "--model", &model, "--adapter"])
+            .arg(&organism)
+            .arg("--pairs")
+            .arg(&train)
+            .args(["-o", "scalars.parquet"]),
+    )?;
+    run(
+        emh("[6/7] which adapters predict a misaligned answer (L1 probe)")
+            .args(["lora", "probe", "scalars.means.parquet"])
+            .args(["--target", "column:misaligned", "--json", "probe.json"]),
+    )?;
+    run(emh("[6/7] the organism's B vectors across its checkpoints")
+        .arg("checkpoints")
+        .arg(&organism)
+        .args(["--out", "checkpoints.parquet"]))?;
+
+    // 6. The report.
     let report = out.join("report");
     let html = crate::output(
-        emh("[6/6] report")
+        emh("[7/7] report")
             .arg("report")
-            .args([&base, &out.join("steer"), &out.join("ablate"), &dirs])
+            .args([
+                &base,
+                &out.join("steer"),
+                &out.join("ablate"),
+                &out.join("organism-ablate"),
+                &dirs,
+                &out.join("probe.json"),
+                &out.join("checkpoints.parquet"),
+            ])
             .arg("--agreement")
             .arg(&agreement)
             .arg("-o")

@@ -68,7 +68,82 @@ pub fn plan(inputs: &Inputs, t: &Thresholds) -> Vec<Planned> {
         out.extend(experiment(e, t));
     }
     out.extend(directions(inputs));
+    out.extend(inputs.probes.iter().map(probe));
+    out.extend(inputs.trajectories.iter().flat_map(trajectory));
     out
+}
+
+fn exact(v: f64) -> Interval {
+    Interval {
+        value: v,
+        low: v,
+        high: v,
+    }
+}
+
+fn probe(p: &crate::inputs::Probe) -> Planned {
+    Planned {
+        stem: format!("probe_{}", stem(&p.label)),
+        chart: Chart::Bars(Bars {
+            title: format!("{}: L1 probe coefficient per adapter", p.label),
+            y_label: "coefficient (z-scored)".into(),
+            categories: p.names.clone(),
+            series: vec![BarSeries {
+                name: "coefficient".into(),
+                values: p.coef.iter().map(|&c| Some(exact(c))).collect(),
+            }],
+        }),
+        caption: format!(
+            "Coefficients of an L1-regularised logistic regression on each adapter's mean scalar A·x (z-scored), fit on all rows; 0 means the penalty dropped the adapter. Cross-validated ROC AUC {:.3} ± {:.3}, accuracy {:.3} ± {:.3} over {} folds.",
+            p.auc.0, p.auc.1, p.accuracy.0, p.accuracy.1, p.folds
+        ),
+    }
+}
+
+fn trajectory(t: &crate::inputs::Trajectory) -> Vec<Planned> {
+    let mut adapters: Vec<&str> = Vec::new();
+    for a in &t.adapter {
+        if !adapters.contains(&a.as_str()) {
+            adapters.push(a);
+        }
+    }
+    let lines = |value: &dyn Fn(usize) -> Option<f64>| -> Vec<Line> {
+        adapters
+            .iter()
+            .map(|&a| Line {
+                name: a.to_string(),
+                stroke: Stroke::Solid,
+                points: (0..t.step.len())
+                    .filter(|&i| t.adapter[i] == a)
+                    .filter_map(|i| Some((t.step[i], exact(value(i)?))))
+                    .collect(),
+            })
+            .collect()
+    };
+    vec![
+        Planned {
+            stem: format!("{}_rotation", stem(&t.label)),
+            chart: Chart::Lines(Lines {
+                title: format!("{}: rotation of B between checkpoints", t.label),
+                x_label: "training step".into(),
+                y_label: "cos(B, previous B)".into(),
+                lines: lines(&|i| t.cos_to_previous[i]),
+                levels: Vec::new(),
+            }),
+            caption: "Cosine of each adapter's B with the previous checkpoint's, per training step: a dip is B turning, the phase transition of rank-1 organisms.".into(),
+        },
+        Planned {
+            stem: format!("{}_b_norm", stem(&t.label)),
+            chart: Chart::Lines(Lines {
+                title: format!("{}: norm of B over training", t.label),
+                x_label: "training step".into(),
+                y_label: "‖B‖".into(),
+                lines: lines(&|i| Some(t.b_norm[i])),
+                levels: Vec::new(),
+            }),
+            caption: "The norm of each adapter's B vector at each checkpoint.".into(),
+        },
+    ]
 }
 
 fn em_by_question(runs: &[&Run]) -> Planned {

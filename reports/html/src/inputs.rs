@@ -41,12 +41,37 @@ pub struct Directions {
     pub set: DirectionSet,
 }
 
+/// An adapter probe's result (`emh lora probe --json`).
+pub struct Probe {
+    pub label: String,
+    /// Feature (adapter) names, in the order of `coef`.
+    pub names: Vec<String>,
+    /// Coefficients of the fit on all rows, on z-scored features.
+    pub coef: Vec<f64>,
+    /// Cross-validated ROC AUC and accuracy: (mean, sd) over folds.
+    pub auc: (f64, f64),
+    pub accuracy: (f64, f64),
+    pub folds: usize,
+}
+
+/// A B trajectory over training checkpoints (`emh checkpoints --out`).
+pub struct Trajectory {
+    pub label: String,
+    /// One row per checkpoint and adapter.
+    pub step: Vec<f64>,
+    pub adapter: Vec<String>,
+    pub b_norm: Vec<f64>,
+    pub cos_to_previous: Vec<Option<f64>>,
+}
+
 /// Everything given to one report.
 #[derive(Default)]
 pub struct Inputs {
     pub runs: Vec<Run>,
     pub experiments: Vec<Experiment>,
     pub directions: Vec<Directions>,
+    pub probes: Vec<Probe>,
+    pub trajectories: Vec<Trajectory>,
 }
 
 impl Inputs {
@@ -80,10 +105,16 @@ pub fn read(paths: &[PathBuf], thresholds: &Thresholds) -> Result<Inputs, Report
                 path: path.clone(),
                 set,
             });
+        } else if path.extension().is_some_and(|e| e == "json") {
+            inputs.probes.push(probe(path)?);
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            inputs.trajectories.push(trajectory(path)?);
         } else {
             return Err(ReportError::input(
                 path,
-                "not a run directory, experiment directory (with summary.json), judged CSV or direction file (.safetensors)",
+                "not a run directory, experiment directory (with summary.json), judged CSV, \
+                 direction file (.safetensors), probe result (.json of `emh lora probe`) or \
+                 checkpoint table (.parquet of `emh checkpoints`)",
             ));
         }
     }
@@ -155,5 +186,70 @@ fn experiment(path: &Path, thresholds: &Thresholds) -> Result<Experiment, Report
         label: name_of(path),
         rows,
         runs,
+    })
+}
+
+/// A probe result written by `emh lora probe --json`.
+fn probe(path: &Path) -> Result<Probe, ReportError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReportError::input(path, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ReportError::input(path, e))?;
+    let bad = || {
+        ReportError::input(
+            path,
+            "not the JSON of `emh lora probe --json` (names, full.coef, auc)",
+        )
+    };
+    let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+        v.as_array()?
+            .iter()
+            .map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    let floats = |v: &serde_json::Value| -> Option<Vec<f64>> {
+        v.as_array()?
+            .iter()
+            .map(serde_json::Value::as_f64)
+            .collect()
+    };
+    let summary =
+        |k: &str| -> Option<(f64, f64)> { Some((v[k]["mean"].as_f64()?, v[k]["sd"].as_f64()?)) };
+    let names = strings(&v["names"]).ok_or_else(bad)?;
+    let coef = floats(&v["full"]["coef"]).ok_or_else(bad)?;
+    if names.len() != coef.len() {
+        return Err(bad());
+    }
+    Ok(Probe {
+        label: name_of(path),
+        names,
+        coef,
+        auc: summary("auc").ok_or_else(bad)?,
+        accuracy: summary("accuracy").ok_or_else(bad)?,
+        folds: v["per_fold"].as_array().map_or(0, Vec::len),
+    })
+}
+
+/// A checkpoint table written by `emh checkpoints --out`.
+fn trajectory(path: &Path) -> Result<Trajectory, ReportError> {
+    let fail = |e: emh_tables::TableError| ReportError::input(path, e);
+    let df = emh_tables::read_table(path).map_err(fail)?;
+    let table = "checkpoints";
+    let floats = |name: &str| emh_tables::float_column(&df, table, name).map_err(fail);
+    let required = |name: &str| -> Result<Vec<f64>, ReportError> {
+        floats(name)?
+            .into_iter()
+            .map(|v| v.ok_or_else(|| ReportError::input(path, format!("a null in `{name}`"))))
+            .collect()
+    };
+    Ok(Trajectory {
+        label: name_of(path),
+        step: required("step")?,
+        adapter: emh_tables::string_column(&df, table, "adapter")
+            .map_err(fail)?
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect(),
+        b_norm: required("b_norm")?,
+        cos_to_previous: floats("cos_to_previous")?,
     })
 }
