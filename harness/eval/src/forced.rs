@@ -32,6 +32,21 @@ pub struct Forced {
     pub answer: String,
 }
 
+impl Forced {
+    /// A run's sample as a forced answer, named `QUESTION/PARAPHRASE/SAMPLE`.
+    pub fn from_sample(s: &emh_tables::SampleRow) -> Forced {
+        Forced {
+            id: format!(
+                "{}/{}/{}",
+                s.question_id, s.paraphrase_index, s.sample_index
+            ),
+            system: s.system.clone(),
+            prompt: s.prompt.clone(),
+            answer: s.answer.clone(),
+        }
+    }
+}
+
 /// Token ids of a forced sequence: the prompt, then the answer's content tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {

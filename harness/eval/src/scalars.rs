@@ -91,18 +91,7 @@ impl ScalarInputs {
         Ok(ScalarInputs {
             items: kept
                 .iter()
-                .map(|&i| {
-                    let s = &samples[i];
-                    Forced {
-                        id: format!(
-                            "{}/{}/{}",
-                            s.question_id, s.paraphrase_index, s.sample_index
-                        ),
-                        system: s.system.clone(),
-                        prompt: s.prompt.clone(),
-                        answer: s.answer.clone(),
-                    }
-                })
+                .map(|&i| Forced::from_sample(&samples[i]))
                 .collect(),
             question_ids: kept
                 .iter()
