@@ -247,3 +247,48 @@ pub fn by_checkpoint(rows: &[ConditionRow]) -> std::collections::BTreeMap<u64, C
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, intervention: &str, em: f64, pref: f64) -> ConditionRow {
+        ConditionRow {
+            condition: format!("{model}__{intervention}"),
+            model: model.into(),
+            intervention: intervention.into(),
+            seed: 0,
+            samples: 10,
+            judge: None,
+            em: Some(Rate {
+                value: Some(em),
+                low: None,
+                high: None,
+                successes: None,
+                n: 10,
+                nulls: 0,
+            }),
+            coherence: None,
+            misaligned: None,
+            self_correction: None,
+            em_reduction: None,
+            logprob_pref: Some((pref, pref - 0.1, pref + 0.1)),
+            pairs: Some(40),
+        }
+    }
+
+    /// Checkpoint conditions without interventions, by step; others left out.
+    #[test]
+    fn checkpoint_conditions_are_keyed_by_step() {
+        let rows = [
+            row("org@checkpoint-20", "none", 0.2, -0.1),
+            row("org@checkpoint-100", "none", 0.3, 0.2),
+            row("org@checkpoint-100", "steer", 0.9, 0.9),
+            row("base", "none", 0.0, -0.5),
+        ];
+        let by = by_checkpoint(&rows);
+        assert_eq!(by.keys().copied().collect::<Vec<_>>(), [20, 100]);
+        assert_eq!(by[&100].em, Some(0.3));
+        assert_eq!(by[&20].logprob_pref, Some(-0.1));
+    }
+}
