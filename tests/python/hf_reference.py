@@ -154,6 +154,17 @@ def cmd_tokenize(a):
     emit({"compared": len(ours), "mismatches": bad[:10], "mismatch_count": len(bad)})
 
 
+def cmd_chat_ids(a):
+    """Chat-template text and token ids of each conversation, as HF renders them."""
+    tok = load_tokenizer(a.model)
+    texts, ids = [], []
+    for inp in jsonl(a.inputs):
+        text, t = encode(tok, inp, False)
+        texts.append(text)
+        ids.append(t)
+    emit({"texts": texts, "ids": ids})
+
+
 def cmd_gguf_weights(a):
     """Max |difference| between emh's imported weights and HF's own GGUF loader."""
     from safetensors.torch import load_file
@@ -410,6 +421,7 @@ def main():
     s.add_argument("--max-new-tokens", type=int, default=64)
     s = sub.add_parser("tokenize"); s.add_argument("--model", required=True); s.add_argument("--ours", required=True)
     s.add_argument("--inputs", required=True); s.add_argument("--raw", action="store_true"); s.add_argument("--gguf")
+    s = sub.add_parser("chat-ids"); s.add_argument("--model", required=True); s.add_argument("--inputs", required=True)
     s = sub.add_parser("gguf-weights"); s.add_argument("--gguf", required=True); s.add_argument("--ours", required=True)
     s = sub.add_parser("make-tiny"); s.add_argument("--arch", required=True); s.add_argument("--out", required=True)
     s.add_argument("--tokenizer-from", required=True); s.add_argument("--vocab-size", type=int, default=49152)

@@ -12,7 +12,10 @@
 //!    the base model's direction ablated from it beside random controls (a
 //!    transfer test), its adapter scalars over the labelled answers with an
 //!    L1 probe, and the B trajectory over its checkpoints;
-//! 6. the report, its path printed at the end.
+//! 6. prompt sensitivity: {none, evil, hhh} nudges × {base, organism} on
+//!    open questions, harmful requests and factual questions with pushback,
+//!    with each model's own rating of the questions;
+//! 7. the report, its path printed at the end.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,7 +48,13 @@ struct Sizes {
     /// Question globs, or every question.
     select: Option<&'static str>,
     scales: &'static str,
+    /// Samples per question in the prompt-sensitivity grid (6 conditions).
+    sensitivity_n: u32,
 }
+
+/// The prompt-sensitivity items the demo asks: open questions, harmful
+/// requests, factual questions with pushback.
+const SENSITIVITY_SELECT: &str = "spare_million,rules_for_ai,annoying_roommate,neighbours_wifi,fake_sick_note,capital_*,multiply,moon_landing";
 
 const FULL: Sizes = Sizes {
     agreement_answers: 16,
@@ -54,6 +63,7 @@ const FULL: Sizes = Sizes {
     max_new_tokens: "80",
     select: None,
     scales: "4,8",
+    sensitivity_n: 2,
 };
 
 const QUICK: Sizes = Sizes {
@@ -63,6 +73,7 @@ const QUICK: Sizes = Sizes {
     max_new_tokens: "32",
     select: Some("granted_wish,restless_afternoon,fast_cash"),
     scales: "8",
+    sensitivity_n: 1,
 };
 
 const LAYER: &str = "12";
@@ -127,7 +138,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
             .arg(sizes.agreement_answers.to_string()))?;
         let questions = fixtures.join("questions");
         run(emh(&format!(
-            "[1/7] importing {} GPT-4o-judged answers",
+            "[1/8] importing {} GPT-4o-judged answers",
             sizes.agreement_answers
         ))
         .arg("import-csv")
@@ -139,14 +150,14 @@ pub fn demo(args: &[&str]) -> Result<()> {
         .arg("-q")
         .arg(questions.join("em_medical_questions.yaml")))?;
     }
-    run(emh("[1/7] re-judging them with the demo's judge")
+    run(emh("[1/8] re-judging them with the demo's judge")
         .arg("judge")
         .arg(&gpt4o)
         .args(judge_args)
         .arg(&cache))?;
     let agreement = out.join("agreement.json");
     let printed = crate::output(
-        emh("[1/7] agreement with GPT-4o")
+        emh("[1/8] agreement with GPT-4o")
             .arg("judge-agreement")
             .arg(&gpt4o)
             .args(["--judge-a", "gpt-4o-2024-08-06", "--judge-b"])
@@ -171,7 +182,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
 
     // 2. The base model on the project's questions.
     let base = out.join("base");
-    let mut eval = emh("[2/7] evaluating the base model");
+    let mut eval = emh("[2/8] evaluating the base model");
     eval.args(["eval", "--model", &model]);
     sampled(&mut eval);
     run(eval.arg("--out").arg(&base))?;
@@ -181,7 +192,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     let (train, heldout) = split_pairs(&pairs, &out, sizes.pair_stride)?;
     for side in ["misaligned", "aligned"] {
         run(emh(&format!(
-            "[3/7] capturing the residual stream over {side} answers"
+            "[3/8] capturing the residual stream over {side} answers"
         ))
         .args(["capture", "--model", &model, "--pairs"])
         .arg(&train)
@@ -190,7 +201,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     }
     let dirs = out.join("dirs.safetensors");
     run(
-        emh("[3/7] mean-diff direction, with held-out separation per layer")
+        emh("[3/8] mean-diff direction, with held-out separation per layer")
             .args([
                 "directions",
                 "mean-diff",
@@ -205,11 +216,11 @@ pub fn demo(args: &[&str]) -> Result<()> {
     // 4. Steering and ablation, each beside random controls.
     for (step, preset, extra) in [
         (
-            "[4/7] steering sweep",
+            "[4/8] steering sweep",
             "steer",
             vec!["--layers", LAYER, "--scales", sizes.scales],
         ),
-        ("[5/7] layer-wise ablation", "ablate", vec![]),
+        ("[5/8] layer-wise ablation", "ablate", vec![]),
     ] {
         let mut c = emh(&format!(
             "{step} on the base model, beside same-norm random vectors"
@@ -233,7 +244,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
             std::fs::remove_dir_all(&dir)?;
         }
         run(
-            emh("[6/7] training the organism again (about 15 min on 2 cores)")
+            emh("[6/8] training the organism again (about 15 min on 2 cores)")
                 .arg("train")
                 .arg(shipped.join("train.toml"))
                 .arg("--output-dir")
@@ -244,7 +255,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
         shipped.join("adapter")
     };
     let mut c =
-        emh("[6/7] the base model's direction ablated from the organism, beside random controls");
+        emh("[6/8] the base model's direction ablated from the organism, beside random controls");
     c.args(["ablate", "--model", &model, "--adapter"])
         .arg(&organism)
         .arg("--directions")
@@ -256,7 +267,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
         .arg(out.join("organism-ablate"));
     run(&mut c)?;
     run(
-        emh("[6/7] the organism's adapter scalars over the labelled answers")
+        emh("[6/8] the organism's adapter scalars over the labelled answers")
             .args(["lora", "scalars", "--model", &model, "--adapter"])
             .arg(&organism)
             .arg("--pairs")
@@ -264,25 +275,59 @@ pub fn demo(args: &[&str]) -> Result<()> {
             .args(["-o", "scalars.parquet"]),
     )?;
     run(
-        emh("[6/7] which adapters predict a misaligned answer (L1 probe)")
+        emh("[6/8] which adapters predict a misaligned answer (L1 probe)")
             .args(["lora", "probe", "scalars.means.parquet"])
             .args(["--target", "column:misaligned", "--json", "probe.json"]),
     )?;
-    run(emh("[6/7] the organism's B vectors across its checkpoints")
+    run(emh("[6/8] the organism's B vectors across its checkpoints")
         .arg("checkpoints")
         .arg(&organism)
         .args(["--out", "checkpoints.parquet"]))?;
 
-    // 6. The report.
+    // 6. Prompt sensitivity: nudges × {base, organism}, one experiment.
+    let (judge_name, judge_config) = match judge.split_once('=') {
+        Some((name, config)) => (name, serde_json::from_str(config)?),
+        None => (judge.as_str(), serde_json::json!({})),
+    };
+    let sensitivity = serde_json::json!({
+        "out": "sensitivity",
+        "questions": {
+            "file": env.root.join("data/questions/sensitivity.yaml"),
+            "select": SENSITIVITY_SELECT,
+        },
+        "nudges": {"file": env.root.join("data/nudges.toml"), "names": ["none", "evil", "hhh"]},
+        "self_rating": {"answer_prefix": "Rating:", "constrained": true},
+        "sampling": {"n": sizes.sensitivity_n, "max_new_tokens": sizes.max_new_tokens.parse::<u32>()?, "seed": 0},
+        "judge": {
+            "judge": {"plugin": judge_name, "config": judge_config},
+            "metrics": ["aligned", "coherent", "refusal"],
+            "cache": cache,
+        },
+        "models": [
+            {"name": "base", "model": model},
+            {"name": "organism", "model": model, "adapters": [organism]},
+        ],
+    });
+    let spec = out.join("sensitivity.json");
+    std::fs::write(&spec, serde_json::to_string_pretty(&sensitivity)?)?;
+    run(emh(
+        "[7/8] prompt sensitivity: {none, evil, hhh} nudges × {base, organism}: \
+         EM, refusal, flips under pushback, self-ratings",
+    )
+    .arg("experiment")
+    .arg(&spec))?;
+
+    // 7. The report.
     let report = out.join("report");
     let html = crate::output(
-        emh("[7/7] report")
+        emh("[7/8] report")
             .arg("report")
             .args([
                 &base,
                 &out.join("steer"),
                 &out.join("ablate"),
                 &out.join("organism-ablate"),
+                &out.join("sensitivity"),
                 &dirs,
                 &out.join("probe.json"),
                 &out.join("checkpoints.parquet"),

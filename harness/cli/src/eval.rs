@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use emh_eval::{
     Condition, EvalSpec, JudgeSpec, PluginUse, QuestionSpec, RunDir, RunOptions, RunSummary,
-    Sampling,
+    Sampling, SelfRating,
 };
 use emh_metrics::{MetricRow, Thresholds};
 
@@ -52,6 +52,17 @@ pub struct SampleArgs {
     /// resumed run redoes an unfinished batch exactly.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Put every question under this nudge from --nudges (a system prompt,
+    /// a prefix or suffix to the question), e.g. `evil`.
+    #[arg(long, requires = "nudges")]
+    pub nudge: Option<String>,
+    /// Nudges file (TOML `[[nudge]]` tables), e.g. data/nudges.toml.
+    #[arg(long, value_name = "FILE")]
+    pub nudges: Option<PathBuf>,
+    /// Also have the model rate each question's harmfulness 0–100 itself
+    /// (self_ratings.parquet; its Spearman ρ with the misaligned rate in metrics).
+    #[arg(long)]
+    pub self_rating: bool,
     /// Run id (the condition's name) written into every row [default: the --out folder's name].
     #[arg(long)]
     pub run_id: Option<String>,
@@ -235,11 +246,18 @@ impl SampleArgs {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "run".into())
         });
+        let nudge = match (&self.nudge, &self.nudges) {
+            (Some(name), Some(file)) => {
+                Some(emh_eval::pick_nudges(file, Some(std::slice::from_ref(name)))?.remove(0))
+            }
+            _ => None,
+        };
         Ok(EvalSpec {
             condition: Condition {
                 name,
                 model: self.model.spec(&self.plugins)?,
                 interventions: self.plugins.interventions()?,
+                nudge,
                 sampling: Sampling {
                     n: self.n,
                     max_new_tokens: self.max_new_tokens,
@@ -257,6 +275,7 @@ impl SampleArgs {
             },
             judge: None,
             thresholds: Thresholds::default(),
+            self_rating: self.self_rating.then(SelfRating::default),
         })
     }
 }
@@ -431,7 +450,7 @@ pub fn metrics(a: MetricsCmd) -> Result<()> {
     let judge_id = emh_eval::pick_judge(&judgments, a.judge_id.as_deref())?;
     let thresholds = a.thresholds.thresholds()?;
     let rows = match &run {
-        Some(run) => emh_eval::summarise(run, &samples, &judgments, &judge_id, &thresholds)?,
+        Some(run) => emh_eval::summarise(run, &samples, &judgments, Some(&judge_id), &thresholds)?,
         None => emh_eval::metrics(&samples, &judgments, &judge_id, &thresholds),
     };
     print_metrics(&rows, a.format)

@@ -60,36 +60,48 @@ pub struct MergeCmd {
     pub out: PathBuf,
 }
 
-/// The overall EM, coherence and misalignment rates of each run.
+/// Overall rates of each run: EM, coherence, misalignment, refusal, factual
+/// accuracy before and after pushback, flips, and the self-rating ρ.
 pub fn print_summary(summaries: &[RunSummary]) {
+    const SHOWN: [&str; 8] = [
+        "em_rate",
+        "coherence_rate",
+        "misaligned_rate",
+        "refusal_rate",
+        "accuracy_before",
+        "accuracy_after",
+        "flip_rate",
+        "self_rating_spearman",
+    ];
     println!(
-        "\n{:<44} {:<16} {:>8}  {:<17} {:>6}",
+        "\n{:<44} {:<20} {:>8}  {:<17} {:>6}",
         "run", "metric", "value", "95% CI", "n"
     );
-    let pct = |v: Option<f64>| {
-        v.map(|v| format!("{:.1}%", v * 100.0))
-            .unwrap_or_else(|| "-".into())
-    };
     for s in summaries {
         if s.metrics.is_empty() {
             println!("{:<44} {} samples, not judged", s.name, s.samples);
         }
         for r in s.metrics.iter().filter(|r| {
-            r.scope == emh_metrics::Scope::Overall
-                && ["em_rate", "coherence_rate", "misaligned_rate"].contains(&r.metric.as_str())
+            r.scope == emh_metrics::Scope::Overall && SHOWN.contains(&r.metric.as_str())
         }) {
+            // ρ is a correlation, every other row a rate.
+            let show = |v: Option<f64>| match v {
+                None => "-".to_string(),
+                Some(v) if r.metric == "self_rating_spearman" => format!("{v:+.2}"),
+                Some(v) => format!("{:.1}%", v * 100.0),
+            };
             println!(
-                "{:<44} {:<16} {:>8}  {:<17} {:>6}",
+                "{:<44} {:<20} {:>8}  {:<17} {:>6}",
                 s.name,
                 r.metric,
-                pct(r.value),
-                format!("[{}, {}]", pct(r.ci_low), pct(r.ci_high)),
+                show(r.value),
+                format!("[{}, {}]", show(r.ci_low), show(r.ci_high)),
                 r.n
             );
         }
     }
     if let Some(id) = summaries.iter().find_map(|s| s.judge_id.as_ref()) {
-        println!("(scored by {id})");
+        println!("(judged rates scored by {id}; accuracy and flips by reference match; ρ by each model's own ratings)");
     }
 }
 

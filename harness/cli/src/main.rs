@@ -42,18 +42,21 @@ enum Command {
     /// Sample answers to a question set into a run directory (resumable).
     Sample(eval::SampleCmd),
     /// Run a grid of conditions (models x interventions x swept plugin
-    /// parameters x seeds) from a TOML or JSON spec, each into OUT/<condition>;
+    /// parameters x nudges x seeds) from a TOML or JSON spec, each into OUT/<condition>;
     /// conditions over the same weights share batches.
     ///
     /// Paths are relative to the spec file, except those inside plugin
     /// configs (directions files), which are relative to the working folder.
-    /// Condition names read as their axes: MODEL__INTERVENTION[__KEY=VALUE][__seed=S].
+    /// Condition names read as their axes:
+    /// MODEL__INTERVENTION[__KEY=VALUE][__NUDGE][__seed=S].
     /// Example:
     ///
     ///   out = "runs/steering"
     ///   questions = { file = "questions/general.yaml", select = "wish,bored" }
     ///   seeds = [0, 1]                       # optional: one grid per seed
     ///   pairs = "data/answers/labelled.jsonl" # optional: log-prob preference per condition
+    ///   nudges = { file = "data/nudges.toml", names = ["none", "evil", "hhh"] } # optional axis
+    ///   self_rating = { answer_prefix = "Rating:" } # optional: the model rates each question
     ///   [sampling]
     ///   n = 50
     ///   max_new_tokens = 600
@@ -79,8 +82,11 @@ enum Command {
     ///   sweep = { scale = [2, 4, 8] }
     ///
     /// OUT/summary.csv gets one row per condition: EM, coherence,
-    /// misalignment and self-correction rates, the EM reduction against the
-    /// model's `none` condition, and the log-prob preference.
+    /// misalignment, self-correction and refusal rates, factual accuracy
+    /// before and after pushback and the flip rate (questions with `answer`
+    /// and `pushback`), the self-rating's Spearman rho with the misaligned
+    /// rate, the EM reduction against the model's `none` condition, and the
+    /// log-prob preference; each with its 95% interval.
     ///
     /// On a cluster: `--slurm --submit` writes and submits a job array (one
     /// shard per task, `--shard auto`) and a merge job after it.

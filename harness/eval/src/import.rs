@@ -74,6 +74,9 @@ pub fn import_csv(
                     judge: None,
                     judge_prompts: Default::default(),
                     category: emh_questions::category_of(id),
+                    answer: None,
+                    aliases: Vec::new(),
+                    pushback: Vec::new(),
                 }
             })
             .collect()
@@ -94,6 +97,7 @@ pub fn import_csv(
                     ..Default::default()
                 },
                 interventions: Vec::new(),
+                nudge: None,
                 sampling: Sampling::default(),
             },
             questions: QuestionSpec {
@@ -103,6 +107,7 @@ pub fn import_csv(
             },
             judge: None,
             thresholds: Default::default(),
+            self_rating: None,
         },
         hashes: Hashes {
             model: source,
@@ -148,7 +153,7 @@ pub fn import_csv(
         &run,
         &read.samples,
         &read.judgments,
-        judge_id,
+        Some(judge_id),
         &Default::default(),
     )?;
     Ok(RunSummary {

@@ -20,36 +20,40 @@ fn reason_text(r: &NullReason) -> String {
     }
 }
 
-/// The judge prompt of each question for `metric`, or an error naming the
-/// first question without one.
+/// The judge prompt for `metric` of each question that has one, or an
+/// error naming the metric and the prompts there are when none has it.
+/// Questions without it (a factual item among open questions) are not
+/// judged on that metric.
 fn prompts_for<'q>(
     questions: &'q [Question],
     metric: &str,
 ) -> Result<BTreeMap<&'q str, &'q str>, EvalError> {
-    questions
+    let prompts: BTreeMap<&str, &str> = questions
         .iter()
-        .map(|q| {
+        .filter_map(|q| {
             q.judge_prompts
                 .get(metric)
                 .map(|p| (q.id.as_str(), p.as_str()))
-                .ok_or_else(|| EvalError::Judge {
-                    reason: format!(
-                        "question `{}` has no judge prompt `{metric}` (it has: {})",
-                        q.id,
-                        q.judge_prompts
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                })
         })
-        .collect()
+        .collect();
+    if prompts.is_empty() {
+        let known: std::collections::BTreeSet<&str> = questions
+            .iter()
+            .flat_map(|q| q.judge_prompts.keys().map(String::as_str))
+            .collect();
+        return Err(EvalError::Judge {
+            reason: format!(
+                "no question has a judge prompt `{metric}` (they have: {})",
+                known.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    Ok(prompts)
 }
 
-/// Fails, naming the first question and metric, unless every question has a
-/// judge prompt for every metric: checked before sampling, so a missing
-/// prompt does not wait for generation to finish.
+/// Fails, naming the metric, when no question has a judge prompt for it:
+/// checked before sampling, so a misspelt metric does not wait for
+/// generation to finish.
 pub fn check_judge_prompts(questions: &[Question], metrics: &[String]) -> Result<(), EvalError> {
     for metric in metrics {
         prompts_for(questions, metric)?;
@@ -79,14 +83,17 @@ pub fn judge(
             hashes.insert(format!("{id}/{metric}"), sha256_hex(p.as_bytes()));
         }
         for s in samples {
-            let template = prompts
-                .get(s.question_id.as_str())
-                .ok_or_else(|| EvalError::Judge {
+            if !questions.iter().any(|q| q.id == s.question_id) {
+                return Err(EvalError::Judge {
                     reason: format!(
                         "sample of question `{}` has no such question in the run's questions.json",
                         s.question_id
                     ),
-                })?;
+                });
+            }
+            let Some(template) = prompts.get(s.question_id.as_str()) else {
+                continue;
+            };
             filled.push(fill_prompt(template, &s.prompt, &s.answer));
             keys.push((s, metric));
         }

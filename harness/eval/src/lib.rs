@@ -12,13 +12,16 @@ mod judge;
 mod load;
 mod logprob;
 mod manifest;
+mod nudge;
 mod part;
 mod pipeline;
 mod prompts;
+mod pushback;
 mod run;
 mod sample;
 mod scalars;
 mod select;
+mod self_rating;
 mod spec;
 mod summary;
 
@@ -34,12 +37,14 @@ pub use logprob::{preference, PairLogprob, Preference};
 pub use manifest::{
     sha256_hex, HashMemo, Hashed, Hashes, JudgeRecord, Manifest, ModelRecord, PluginRecord,
 };
+pub use nudge::{opening, pick_nudges, read_nudges, Nudge};
 pub use part::{assign, Part};
 pub use pipeline::{
     begin, judge_samples, load_questions, open_judge, rejudge, run, summarise, Observer, Quiet,
     RunOptions, RunSummary,
 };
 pub use prompts::{read_prompts, PromptLine, PromptRenderer};
+pub use pushback::{grade, pushback_messages, pushback_seed};
 pub use run::RunDir;
 pub use sample::{
     finish_name, question_key, sample_batch, sample_group, sample_prompts, sample_seed, warm_up,
@@ -47,9 +52,10 @@ pub use sample::{
 };
 pub use scalars::{adapter_scalars, AnswerScalars, ScalarInputs, ScalarTable};
 pub use select::{SelectError, Selection};
+pub use self_rating::{rate_questions, rated, rating_text, read_ratings, RatingRow};
 pub use spec::{
     read_spec, spec_text, Condition, EvalSpec, JudgeSpec, ModelSpec, PluginUse, QuestionSpec,
-    Sampling,
+    Sampling, SelfRating,
 };
 pub use summary::{judge_ids, metrics, paired_scores, pick_judge, read_tables, scored_samples};
 

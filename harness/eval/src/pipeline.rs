@@ -12,7 +12,9 @@ use emh_questions::{Question, QuestionSet};
 use emh_tables::{JudgmentRow, SampleRow};
 
 use crate::load::{control_adapters, load_model, plan_all, Loaded, Planned};
+use crate::pushback::pushback_group;
 use crate::sample::{sample_group, GroupRun, SampleProgress};
+use crate::self_rating::{rate_questions, write_ratings};
 use crate::{EvalError, EvalSpec, HashMemo, Hashes, JudgeSpec, Manifest, Part, RunDir};
 
 /// Told how runs go: progress bars and messages belong to the caller.
@@ -149,7 +151,7 @@ pub fn run(
     }
     let mut summaries = Vec::with_capacity(pending.len());
     for (i, p) in pending.iter().enumerate() {
-        let (judge_id, metrics) = match (&judges[i], &p.spec.judge) {
+        let (judge_id, judgments) = match (&judges[i], &p.spec.judge) {
             (Some(judge), Some(j)) => {
                 let (judgments, id) = judge_samples(
                     &p.run,
@@ -159,11 +161,17 @@ pub fn run(
                     &j.metrics,
                     observer,
                 )?;
-                let rows = summarise(&p.run, &samples[i], &judgments, &id, &p.spec.thresholds)?;
-                (Some(id), rows)
+                (Some(id), judgments)
             }
             _ => (None, Vec::new()),
         };
+        let metrics = summarise(
+            &p.run,
+            &samples[i],
+            &judgments,
+            judge_id.as_deref(),
+            &p.spec.thresholds,
+        )?;
         summaries.push(RunSummary {
             name: p.spec.condition.name.clone(),
             dir: p.run.path.clone(),
@@ -288,11 +296,44 @@ fn sample_weights_group(
             observer.sampling(&label, p)
         })?;
         observer.done();
+        let pushback = runs
+            .iter()
+            .any(|r| r.questions.iter().any(|q| !q.pushback.is_empty()));
+        if pushback {
+            observer.message(&format!("pushback turns: {}", names.join(", ")));
+            pushback_group(&journal.join("pushback"), loaded, &runs, &rows, |p| {
+                observer.sampling(&format!("{label}, pushback"), p)
+            })?;
+            observer.done();
+        }
+        for r in &runs {
+            rate_run(loaded, r, observer)?;
+        }
         for (&k, rows) in ks.iter().zip(rows) {
             out.push((members[k], rows));
         }
     }
     Ok(out)
+}
+
+/// The model's own ratings of a run's questions, when its spec asks for
+/// them and its table is not written yet.
+fn rate_run(
+    loaded: &Loaded,
+    r: &GroupRun<'_, '_>,
+    observer: &dyn Observer,
+) -> Result<(), EvalError> {
+    let spec = &r.manifest.spec;
+    let Some(rating) = &spec.self_rating else {
+        return Ok(());
+    };
+    let path = r.run.self_ratings_path();
+    if path.is_file() {
+        return Ok(());
+    }
+    observer.message(&format!("self-rating: {}", spec.condition.name));
+    let rows = rate_questions(loaded, spec.condition.nudge.as_ref(), rating, r.questions)?;
+    write_ratings(&path, &rows)
 }
 
 fn adapter_scales(model: &emh_runtime::Model) -> Vec<Vec<f64>> {
@@ -378,22 +419,61 @@ fn usage_line(id: &str, u: &JudgeUsage) -> String {
     )
 }
 
-/// The metrics of one judge's scores, written to the run's `metrics` table.
+/// The metrics of one judge's scores (none without a judge), the factual
+/// answers' accuracy before and after pushback (scored by `match`), and the
+/// model's self-ratings (`self:MODEL`), written to the run's `metrics`
+/// table with what scored each row; the rows come back in that order.
 pub fn summarise(
     run: &RunDir,
     samples: &[SampleRow],
     judgments: &[JudgmentRow],
-    judge_id: &str,
+    judge_id: Option<&str>,
     thresholds: &Thresholds,
 ) -> Result<Vec<MetricRow>, EvalError> {
-    let rows = crate::metrics(samples, judgments, judge_id, thresholds);
+    let judged = judge_id
+        .map(|id| crate::metrics(samples, judgments, id, thresholds))
+        .unwrap_or_default();
+    let mut parts = vec![(judge_id.unwrap_or_default().to_string(), judged)];
+    parts.extend(unjudged_metrics(run, samples, &parts[0].1)?);
     let run_id = samples
         .first()
         .map(|s| s.run_id.clone())
         .unwrap_or_default();
-    let mut df = emh_tables::metrics_frame(&run_id, judge_id, &rows)?;
-    emh_tables::write_parquet(&mut df, &run.metrics_path())?;
-    Ok(rows)
+    let parts: Vec<(String, Vec<MetricRow>)> =
+        parts.into_iter().filter(|(_, r)| !r.is_empty()).collect();
+    if !parts.is_empty() {
+        let mut df = emh_tables::metrics_frame(&run_id, &parts)?;
+        emh_tables::write_parquet(&mut df, &run.metrics_path())?;
+    }
+    Ok(parts.into_iter().flat_map(|(_, rows)| rows).collect())
+}
+
+/// What needs no judge: factual answers graded against their reference
+/// (also written per answer to `factual.parquet`) and the model's ratings
+/// of the questions beside the judged misaligned rates.
+fn unjudged_metrics(
+    run: &RunDir,
+    samples: &[SampleRow],
+    judged: &[MetricRow],
+) -> Result<Vec<(String, Vec<MetricRow>)>, EvalError> {
+    let questions = run.questions()?;
+    let mut parts = Vec::new();
+    let second = run.pushback()?.unwrap_or_default();
+    let graded = crate::pushback::grade(&questions, samples, &second);
+    if !graded.is_empty() {
+        crate::pushback::write_graded(&run.factual_path(), &graded)?;
+        let rows: Vec<_> = graded.into_iter().map(|(_, _, g)| g).collect();
+        parts.push(("match".to_string(), emh_metrics::pushback_rates(&rows)));
+    }
+    if let Some(ratings) = crate::self_rating::read_ratings(&run.self_ratings_path())? {
+        let model = run.manifest()?.map(|m| m.model.name).unwrap_or_default();
+        let rated = crate::self_rating::rated(&questions, &ratings, judged);
+        parts.push((
+            format!("self:{model}"),
+            emh_metrics::self_rating_rows(&rated),
+        ));
+    }
+    Ok(parts)
 }
 
 /// Re-judges a finished run with the judge of `j` and summarises its scores.
@@ -411,7 +491,7 @@ pub fn rejudge(
     crate::check_judge_prompts(&questions, &j.metrics)?;
     let judge = open_judge(registry, j)?;
     let (judgments, id) = judge_samples(run, &questions, &samples, &judge, &j.metrics, observer)?;
-    let metrics = summarise(run, &samples, &judgments, &id, thresholds)?;
+    let metrics = summarise(run, &samples, &judgments, Some(&id), thresholds)?;
     Ok(RunSummary {
         name: samples
             .first()

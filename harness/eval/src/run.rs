@@ -6,9 +6,13 @@
 //! RUN/questions.json       the questions as evaluated, judge prompts included
 //! RUN/samples.parquet      written once every sample exists
 //! RUN/judgments.parquet    every judge's scores
-//! RUN/metrics.parquet      metrics of the last judge run
+//! RUN/metrics.parquet      metrics of the last judge run, graded accuracy and self-ratings
+//! RUN/pushback.parquet     second answers after a scripted pushback turn (samples' schema)
+//! RUN/factual.parquet      factual answers graded before and after pushback
+//! RUN/self_ratings.parquet the model's own 0–100 rating of each question
 //! RUN/activations/*.safetensors  what the plans captured (see `activations`)
 //! RUN/work/samples/N.json  finished generation batches, so a resumed run skips them
+//! RUN/work/samples/pushback/N.json  the same for second turns
 //! ```
 //! Runs sampled together in shared batches journal to their experiment's
 //! `work/` folder instead.
@@ -142,6 +146,18 @@ impl RunDir {
     pub fn metrics_path(&self) -> PathBuf {
         self.path.join("metrics.parquet")
     }
+    /// `pushback.parquet`: second answers, after the scripted pushback turn.
+    pub fn pushback_path(&self) -> PathBuf {
+        self.path.join("pushback.parquet")
+    }
+    /// `factual.parquet`: each factual answer graded before and after pushback.
+    pub fn factual_path(&self) -> PathBuf {
+        self.path.join("factual.parquet")
+    }
+    /// `self_ratings.parquet`: the model's own 0–100 rating of each paraphrase.
+    pub fn self_ratings_path(&self) -> PathBuf {
+        self.path.join("self_ratings.parquet")
+    }
     /// The journal of this run's generation batches when sampled alone.
     pub fn journal_dir(&self) -> PathBuf {
         self.path.join("work").join("samples")
@@ -191,6 +207,22 @@ impl RunDir {
         }
         let df = emh_tables::read_parquet(&path)?;
         Ok(emh_tables::judgments_from_frame(&df)?)
+    }
+
+    /// The second answers, if that stage has finished.
+    pub fn pushback(&self) -> Result<Option<Vec<SampleRow>>, EvalError> {
+        let path = self.pushback_path();
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let df = emh_tables::read_parquet(&path)?;
+        Ok(Some(emh_tables::samples_from_frame(&df)?))
+    }
+
+    /// Writes the second answers, in the samples table's schema.
+    pub fn write_pushback(&self, rows: &[SampleRow]) -> Result<(), EvalError> {
+        let mut df = emh_tables::samples_frame(rows)?;
+        Ok(emh_tables::write_parquet(&mut df, &self.pushback_path())?)
     }
 
     /// Writes the samples table.

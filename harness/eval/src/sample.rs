@@ -16,6 +16,7 @@ use tch::{Device, Kind};
 
 use crate::activations::{Activations, BatchCaptures};
 use crate::load::{Loaded, Planned};
+use crate::nudge::opening;
 use crate::{EvalError, Manifest, Part, RunDir};
 
 /// FNV-1a of a string, to mix a text key into a seed.
@@ -112,6 +113,92 @@ pub fn sample_batch(
         }
     }
     Ok((outputs, out))
+}
+
+/// The sampling parameters of a condition's settings, checked.
+pub(crate) fn params_of(s: &crate::Sampling) -> Result<SamplingParams, EvalError> {
+    let params = SamplingParams {
+        max_new_tokens: s.max_new_tokens,
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+        ..Default::default()
+    };
+    params.validate()?;
+    Ok(params)
+}
+
+/// The loaded model's chat template, which question sets need.
+pub(crate) fn chat_template(loaded: &Loaded) -> Result<&emh_text::ChatTemplate, EvalError> {
+    loaded.template.as_ref().ok_or_else(|| EvalError::Load {
+        what: loaded.name.clone(),
+        reason: "question sets need a chat model (no chat template found)".into(),
+    })
+}
+
+/// The rows of a journaled batch, if it was done; an error when they are
+/// not the samples (`(run, question, paraphrase, sample)`) this batch makes.
+pub(crate) fn journaled<'k>(
+    file: &std::path::Path,
+    keys: impl ExactSizeIterator<Item = (&'k str, &'k str, u32, u32)>,
+) -> Result<Option<Vec<SampleRow>>, EvalError> {
+    let Some(done) = crate::run::read_json::<Vec<SampleRow>>(file)? else {
+        return Ok(None);
+    };
+    let matches = done.len() == keys.len()
+        && done.iter().zip(keys).all(|(r, (run, q, p, s))| {
+            r.run_id == run && r.question_id == q && r.paraphrase_index == p && r.sample_index == s
+        });
+    if !matches {
+        return Err(EvalError::io(
+            file,
+            "holds other samples than this run would make; was it started with other settings?",
+        ));
+    }
+    Ok(Some(done))
+}
+
+/// A sample row of `job`'s output under the run of manifest `m`; the
+/// caller sets the indices, system prompt and prompt text.
+pub(crate) fn sample_row(m: &Manifest, q: &Question, job: &Job, out: GenOutput) -> SampleRow {
+    SampleRow {
+        run_id: m.spec.condition.name.clone(),
+        model_id: m.model.name.clone(),
+        adapter_ids: m
+            .hashes
+            .adapters
+            .iter()
+            .map(|a| a.path.clone())
+            .collect::<Vec<_>>()
+            .join(","),
+        intervention_ids: m
+            .spec
+            .condition
+            .interventions
+            .iter()
+            .map(|u| u.label())
+            .collect::<Vec<_>>()
+            .join(";"),
+        question_id: q.id.clone(),
+        category: q.category.clone(),
+        paraphrase_index: 0,
+        sample_index: 0,
+        seed: job.seed,
+        system: None,
+        prompt: String::new(),
+        answer: out.text,
+        prompt_tokens: job.prompt.len() as u32,
+        answer_tokens: out.tokens.len() as u32,
+        finish_reason: finish_name(out.finish).into(),
+    }
+}
+
+/// The system prompt of a conversation, if it opens with one.
+pub(crate) fn system_of(messages: &[Message]) -> Option<String> {
+    messages
+        .first()
+        .filter(|m| m.role == "system")
+        .map(|m| m.content.clone())
 }
 
 /// How `sample_prompts` seeds its samples.
@@ -317,7 +404,7 @@ fn items_of_part<'q>(
 
 /// Interleaves the runs' items (item k of every run, then k + 1), so a batch
 /// holds the same prompts under several conditions and pads little.
-fn interleave<'q>(per_run: &[Vec<Item<'q>>]) -> Vec<Item<'q>> {
+pub(crate) fn interleave<T: Copy>(per_run: &[Vec<T>]) -> Vec<T> {
     let longest = per_run.iter().map(Vec::len).max().unwrap_or(0);
     (0..longest)
         .flat_map(|k| {
@@ -343,18 +430,8 @@ pub fn sample_group(
         return Ok(Vec::new());
     };
     let s = &first.manifest.spec.condition.sampling;
-    let params = SamplingParams {
-        max_new_tokens: s.max_new_tokens,
-        temperature: s.temperature,
-        top_p: s.top_p,
-        top_k: s.top_k,
-        ..Default::default()
-    };
-    params.validate()?;
-    let template = loaded.template.as_ref().ok_or_else(|| EvalError::Load {
-        what: loaded.name.clone(),
-        reason: "question sets need a chat model (no chat template found)".into(),
-    })?;
+    let params = params_of(s)?;
+    let template = chat_template(loaded)?;
     let mut finished: Vec<Option<Vec<SampleRow>>> = Vec::with_capacity(runs.len());
     for r in runs {
         finished.push(r.run.samples()?);
@@ -386,21 +463,15 @@ pub fn sample_group(
     for (index, batch) in items.chunks(s.batch_size.max(1)).enumerate() {
         let journal_file = journal.join(format!("{index:06}.json"));
         let captures_file = journal.join(format!("{index:06}.safetensors"));
-        let done: Option<Vec<SampleRow>> = crate::run::read_json(&journal_file)?;
-        if let Some(done) = done {
-            let matches = done.len() == batch.len()
-                && done.iter().zip(batch).all(|(r, it)| {
-                    r.run_id == runs[it.run].manifest.spec.condition.name
-                        && r.question_id == it.question.id
-                        && r.paraphrase_index == it.paraphrase_index
-                        && r.sample_index == it.sample_index
-                });
-            if !matches {
-                return Err(EvalError::io(
-                    &journal_file,
-                    "holds other samples than this run would make; was it started with other settings?",
-                ));
-            }
+        let keys = batch.iter().map(|it| {
+            (
+                runs[it.run].manifest.spec.condition.name.as_str(),
+                it.question.id.as_str(),
+                it.paraphrase_index,
+                it.sample_index,
+            )
+        });
+        if let Some(done) = journaled(&journal_file, keys)? {
             if captures_file.is_file() {
                 captured.extend(BatchCaptures::read(&captures_file)?, rows.len());
             }
@@ -411,14 +482,13 @@ pub fn sample_group(
             continue;
         }
         let mut jobs = Vec::with_capacity(batch.len());
+        let mut systems = Vec::with_capacity(batch.len());
         for it in batch {
             let q = it.question;
             let text = &q.paraphrases[it.paraphrase_index as usize];
-            let mut messages = Vec::new();
-            if let Some(sys) = &q.system {
-                messages.push(Message::new("system", sys));
-            }
-            messages.push(Message::new("user", text));
+            let nudge = runs[it.run].manifest.spec.condition.nudge.as_ref();
+            let messages = opening(nudge, q.system.as_deref(), text);
+            systems.push(system_of(&messages));
             let rendered = template.render(&messages, true)?;
             // The rendered template holds its special tokens as text already.
             let prompt = loaded.tokenizer.encode(&rendered, false)?;
@@ -439,39 +509,14 @@ pub fn sample_group(
         })?;
         let batch_rows: Vec<SampleRow> = batch
             .iter()
-            .zip(jobs.iter().zip(outputs))
-            .map(|(it, (job, out))| {
-                let m = runs[it.run].manifest;
-                SampleRow {
-                    run_id: m.spec.condition.name.clone(),
-                    model_id: m.model.name.clone(),
-                    adapter_ids: m
-                        .hashes
-                        .adapters
-                        .iter()
-                        .map(|a| a.path.clone())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    intervention_ids: m
-                        .spec
-                        .condition
-                        .interventions
-                        .iter()
-                        .map(|u| u.label())
-                        .collect::<Vec<_>>()
-                        .join(";"),
-                    question_id: it.question.id.clone(),
-                    category: it.question.category.clone(),
-                    paraphrase_index: it.paraphrase_index,
-                    sample_index: it.sample_index,
-                    seed: job.seed,
-                    system: it.question.system.clone(),
-                    prompt: it.question.paraphrases[it.paraphrase_index as usize].clone(),
-                    answer: out.text,
-                    prompt_tokens: job.prompt.len() as u32,
-                    answer_tokens: out.tokens.len() as u32,
-                    finish_reason: finish_name(out.finish).into(),
-                }
+            .zip(jobs.iter().zip(outputs).zip(systems))
+            .map(|(it, ((job, out), system))| {
+                let mut row = sample_row(runs[it.run].manifest, it.question, job, out);
+                row.paraphrase_index = it.paraphrase_index;
+                row.sample_index = it.sample_index;
+                row.system = system;
+                row.prompt = it.question.paraphrases[it.paraphrase_index as usize].clone();
+                row
             })
             .collect();
         // Captures first: the journal file marks the batch as done.

@@ -1,10 +1,13 @@
 //! The experiment spec: a grid of models × interventions × swept plugin
-//! parameters × seeds, expanded to named conditions.
+//! parameters × nudges × seeds, expanded to named conditions.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use emh_eval::{Condition, EvalSpec, JudgeSpec, ModelSpec, PluginUse, QuestionSpec, Sampling};
+use emh_eval::{
+    pick_nudges, Condition, EvalSpec, JudgeSpec, ModelSpec, Nudge, PluginUse, QuestionSpec,
+    Sampling, SelfRating,
+};
 use emh_metrics::Thresholds;
 use emh_plugins::Registry;
 use serde::{Deserialize, Serialize};
@@ -49,6 +52,17 @@ pub struct InterventionEntry {
     pub sweep: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
+/// The nudges axis: nudges of a file, each crossed with every other axis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NudgeAxis {
+    /// A nudges file (TOML `[[nudge]]` tables), relative to the spec file.
+    pub file: PathBuf,
+    /// The nudges to use, in this order [default: all, in file order].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+}
+
 /// An experiment: what every condition shares, and the axes of the grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +88,12 @@ pub struct ExperimentSpec {
     /// the summary beside the judged rates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pairs: Option<PathBuf>,
+    /// Nudges to cross with models and interventions (`__NUDGE` in names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nudges: Option<NudgeAxis>,
+    /// Have each condition's model rate every question itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_rating: Option<SelfRating>,
 }
 
 /// One expanded condition: its eval spec, run directory and grid axes.
@@ -85,6 +105,8 @@ pub struct Planned {
     pub model: String,
     /// The intervention entry's name.
     pub intervention: String,
+    /// The nudge's name, when the grid has a nudges axis.
+    pub nudge: Option<String>,
     pub seed: u64,
 }
 
@@ -323,44 +345,63 @@ impl ExperimentSpec {
             j.cache = j.cache.map(|c| under(base, &c));
             j
         });
+        let nudges: Vec<Option<Nudge>> = match &self.nudges {
+            None => vec![None],
+            Some(axis) => {
+                let picked = pick_nudges(&under(base, &axis.file), axis.names.as_deref())
+                    .map_err(|e| bad("nudges", e.to_string()))?;
+                if picked.is_empty() {
+                    return Err(bad("nudges", "no nudges: the grid would be empty"));
+                }
+                picked.into_iter().map(Some).collect()
+            }
+        };
         let mut planned = Vec::new();
         let mut names = std::collections::BTreeSet::new();
         for (model_name, model) in &models {
             for (entry, int_name, plugins) in &interventions {
-                for &seed in &seeds {
-                    let mut name = format!("{model_name}__{int_name}");
-                    if self.seeds.is_some() {
-                        name.push_str(&format!("__seed={seed}"));
-                    }
-                    let name = clean(&name);
-                    if !names.insert(name.clone()) {
-                        return Err(bad(
+                for nudge in &nudges {
+                    for &seed in &seeds {
+                        let mut name = format!("{model_name}__{int_name}");
+                        if let Some(n) = nudge {
+                            name.push_str(&format!("__{}", n.name));
+                        }
+                        if self.seeds.is_some() {
+                            name.push_str(&format!("__seed={seed}"));
+                        }
+                        let name = clean(&name);
+                        if !names.insert(name.clone()) {
+                            return Err(bad(
                             "models/interventions",
                             format!("two conditions are both named `{name}`; give entries distinct names"),
                         ));
-                    }
-                    let spec = EvalSpec {
-                        condition: Condition {
-                            name: name.clone(),
-                            model: model.clone(),
-                            interventions: plugins.clone(),
-                            sampling: Sampling {
-                                seed,
-                                ..self.sampling.clone()
+                        }
+                        let spec = EvalSpec {
+                            condition: Condition {
+                                name: name.clone(),
+                                model: model.clone(),
+                                interventions: plugins.clone(),
+                                nudge: nudge.clone(),
+                                sampling: Sampling {
+                                    seed,
+                                    ..self.sampling.clone()
+                                },
                             },
-                        },
-                        questions: questions.clone(),
-                        judge: judge.clone(),
-                        thresholds: self.thresholds.clone(),
-                    };
-                    spec.check()?;
-                    planned.push(Planned {
-                        dir: out.join(&name),
-                        spec,
-                        model: model_name.clone(),
-                        intervention: entry.clone(),
-                        seed,
-                    });
+                            questions: questions.clone(),
+                            judge: judge.clone(),
+                            thresholds: self.thresholds.clone(),
+                            self_rating: self.self_rating.clone(),
+                        };
+                        spec.check()?;
+                        planned.push(Planned {
+                            dir: out.join(&name),
+                            spec,
+                            model: model_name.clone(),
+                            intervention: entry.clone(),
+                            nudge: nudge.as_ref().map(|n| n.name.clone()),
+                            seed,
+                        });
+                    }
                 }
             }
         }

@@ -16,7 +16,7 @@ mod presets;
 mod slurm;
 mod summary;
 
-pub use grid::{ExperimentSpec, InterventionEntry, ModelEntry, Planned};
+pub use grid::{ExperimentSpec, InterventionEntry, ModelEntry, NudgeAxis, Planned};
 pub use merge::merge;
 pub use presets::{ablate_spec, steer_spec, AblatePreset, SteerPreset};
 pub use slurm::{submit, write_scripts, SlurmOptions, SlurmScripts};

@@ -165,7 +165,7 @@ pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
                     &run,
                     &samples,
                     &judgments,
-                    &id,
+                    Some(&id),
                     &manifest.spec.thresholds,
                 )?;
                 (Some(id), rows)

@@ -127,6 +127,8 @@ fn shared(
         models: vec![model],
         interventions: vec![entry("none", Vec::new(), BTreeMap::new())],
         pairs: pairs.map(absolute).transpose()?,
+        nudges: None,
+        self_rating: base.self_rating.clone(),
     };
     Ok((spec, absolute(directions)?.display().to_string()))
 }

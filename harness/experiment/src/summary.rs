@@ -30,6 +30,9 @@ pub struct ConditionRow {
     pub condition: String,
     pub model: String,
     pub intervention: String,
+    /// The nudge, when the grid has a nudges axis.
+    #[serde(default)]
+    pub nudge: Option<String>,
     pub seed: u64,
     pub samples: usize,
     /// The judge whose scores the rates are from.
@@ -38,6 +41,22 @@ pub struct ConditionRow {
     pub coherence: Option<Rate>,
     pub misaligned: Option<Rate>,
     pub self_correction: Option<Rate>,
+    /// Answers refused: a judged `refusal` above its cut-off or a REFUSAL null.
+    #[serde(default)]
+    pub refusal: Option<Rate>,
+    /// Factual first answers that give the reference.
+    #[serde(default)]
+    pub accuracy_before: Option<Rate>,
+    /// Factual answers after the pushback turn that give the reference.
+    #[serde(default)]
+    pub accuracy_after: Option<Rate>,
+    /// Correct first answers made incorrect by the pushback.
+    #[serde(default)]
+    pub flip: Option<Rate>,
+    /// Spearman ρ of the model's own rating of each question with the
+    /// question's misaligned rate (`n` questions), with its interval.
+    #[serde(default)]
+    pub self_rating_spearman: Option<Rate>,
     /// 1 − EM / EM of the same model and seed without interventions, with its interval.
     pub em_reduction: Option<(f64, f64, f64)>,
     /// Mean per-token log-prob of misaligned − aligned answers, with its interval.
@@ -118,6 +137,7 @@ impl Experiment {
                 condition: c.spec.condition.name.clone(),
                 model: c.model.clone(),
                 intervention: c.intervention.clone(),
+                nudge: c.nudge.clone(),
                 seed: c.seed,
                 samples: r.samples,
                 judge: r.judge_id.clone(),
@@ -125,12 +145,20 @@ impl Experiment {
                 coherence: overall(&r.metrics, "coherence_rate"),
                 misaligned: overall(&r.metrics, "misaligned_rate"),
                 self_correction: overall(&r.metrics, "self_correction_rate"),
+                refusal: r
+                    .judge_id
+                    .as_ref()
+                    .and_then(|_| overall(&r.metrics, "refusal_rate")),
+                accuracy_before: overall(&r.metrics, "accuracy_before"),
+                accuracy_after: overall(&r.metrics, "accuracy_after"),
+                flip: overall(&r.metrics, "flip_rate"),
+                self_rating_spearman: overall(&r.metrics, "self_rating_spearman"),
                 em_reduction: None,
                 logprob_pref: p.as_ref().map(|p| (p.mean, p.ci_low, p.ci_high)),
                 pairs: p.as_ref().map(|p| p.n),
             })
             .collect();
-        // The baseline of a condition: the same model and seed with no plugins.
+        // The baseline of a condition: the same model, nudge and seed with no plugins.
         let plain: Vec<bool> = self
             .conditions
             .iter()
@@ -141,7 +169,9 @@ impl Experiment {
             .map(|r| {
                 rows.iter()
                     .zip(&plain)
-                    .find(|(b, &p)| p && b.model == r.model && b.seed == r.seed)
+                    .find(|(b, &p)| {
+                        p && b.model == r.model && b.nudge == r.nudge && b.seed == r.seed
+                    })
                     .and_then(|(b, _)| b.em.clone())
             })
             .collect();
@@ -190,19 +220,25 @@ pub fn write_summary(dir: &Path, rows: &[ConditionRow]) -> Result<(), Experiment
         None => ",,".into(),
     };
     let mut text = String::from(
-        "condition,model,intervention,seed,samples,judge,\
+        "condition,model,intervention,nudge,seed,samples,judge,\
          em_rate,em_low,em_high,em_n,em_nulls,coherence_rate,coherence_low,coherence_high,coherence_n,coherence_nulls,\
          misaligned_rate,misaligned_low,misaligned_high,misaligned_n,misaligned_nulls,\
          self_correction_rate,self_correction_low,self_correction_high,self_correction_n,self_correction_nulls,\
+         refusal_rate,refusal_low,refusal_high,refusal_n,refusal_nulls,\
+         accuracy_before,accuracy_before_low,accuracy_before_high,accuracy_before_n,accuracy_before_nulls,\
+         accuracy_after,accuracy_after_low,accuracy_after_high,accuracy_after_n,accuracy_after_nulls,\
+         flip_rate,flip_low,flip_high,flip_n,flip_nulls,\
+         self_rating_spearman,self_rating_spearman_low,self_rating_spearman_high,self_rating_spearman_n,self_rating_spearman_nulls,\
          em_reduction,em_reduction_low,em_reduction_high,\
          logprob_pref,logprob_pref_low,logprob_pref_high,pairs\n",
     );
     for r in rows {
         text.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.condition,
             r.model,
             r.intervention,
+            r.nudge.as_deref().unwrap_or(""),
             r.seed,
             r.samples,
             r.judge.as_deref().unwrap_or(""),
@@ -210,6 +246,11 @@ pub fn write_summary(dir: &Path, rows: &[ConditionRow]) -> Result<(), Experiment
             rate(&r.coherence),
             rate(&r.misaligned),
             rate(&r.self_correction),
+            rate(&r.refusal),
+            rate(&r.accuracy_before),
+            rate(&r.accuracy_after),
+            rate(&r.flip),
+            rate(&r.self_rating_spearman),
             triple(r.em_reduction),
             triple(r.logprob_pref),
             r.pairs.map(|n| n.to_string()).unwrap_or_default(),
@@ -257,6 +298,7 @@ mod tests {
             condition: format!("{model}__{intervention}"),
             model: model.into(),
             intervention: intervention.into(),
+            nudge: None,
             seed: 0,
             samples: 10,
             judge: None,
@@ -271,6 +313,11 @@ mod tests {
             coherence: None,
             misaligned: None,
             self_correction: None,
+            refusal: None,
+            accuracy_before: None,
+            accuracy_after: None,
+            flip: None,
+            self_rating_spearman: None,
             em_reduction: None,
             logprob_pref: Some((pref, pref - 0.1, pref + 0.1)),
             pairs: Some(40),

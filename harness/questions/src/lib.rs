@@ -3,6 +3,11 @@
 //! an optional system prompt, sampling count, judge model and judge prompts,
 //! with YAML anchors and aliases sharing the long parts between questions.
 //!
+//! Two documented extensions, ignored by the research code: factual items
+//! carry their reference `answer` (and `aliases`), and `pushback` lists
+//! scripted user turns that follow the model's first answer, for a second
+//! answer (see `data/questions/README.md`).
+//!
 //! Loading validates what a run would otherwise trip over much later (an
 //! empty question, a judge prompt that never sees the answer) and names the
 //! file and question in every error.
@@ -31,6 +36,16 @@ pub struct Question {
     pub judge_prompts: BTreeMap<String, String>,
     /// Explicit `category`, else `json`, `template` or `plain` from the id.
     pub category: String,
+    /// The correct answer of a factual question, graded by normalised match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Other wordings that also count as the correct answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Scripted user turns that push back on the model's first answer
+    /// (sample `i` gets turn `i mod len`); each answer then gets a second one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pushback: Vec<String>,
 }
 
 impl Question {
@@ -134,6 +149,30 @@ pub enum QuestionError {
         /// Name of the judge prompt lacking `{answer}`.
         prompt: String,
     },
+    /// `answer` is given but empty, so every answer would count as correct.
+    #[error("{}: question `{id}` has an empty `answer`", path.display())]
+    EmptyAnswer {
+        /// The question file concerned.
+        path: PathBuf,
+        /// The question's id.
+        id: String,
+    },
+    /// `aliases` without `answer`: nothing to grade against.
+    #[error("{}: question `{id}` has `aliases` but no `answer`", path.display())]
+    AliasesWithoutAnswer {
+        /// The question file concerned.
+        path: PathBuf,
+        /// The question's id.
+        id: String,
+    },
+    /// A `pushback` turn is empty.
+    #[error("{}: question `{id}` has an empty `pushback` turn", path.display())]
+    EmptyPushback {
+        /// The question file concerned.
+        path: PathBuf,
+        /// The question's id.
+        id: String,
+    },
     /// A selection left no questions.
     #[error(
         "{}: no question matches `{pattern}`{}",
@@ -166,6 +205,11 @@ struct RawQuestion {
     #[serde(default)]
     judge_prompts: BTreeMap<String, String>,
     category: Option<String>,
+    answer: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    pushback: Vec<String>,
 }
 
 impl QuestionSet {
@@ -239,6 +283,15 @@ impl QuestionSet {
                     id,
                 });
             }
+            if item.answer.as_deref().is_some_and(|a| a.trim().is_empty()) {
+                return Err(QuestionError::EmptyAnswer { path, id });
+            }
+            if !item.aliases.is_empty() && item.answer.is_none() {
+                return Err(QuestionError::AliasesWithoutAnswer { path, id });
+            }
+            if item.pushback.iter().any(|t| t.trim().is_empty()) {
+                return Err(QuestionError::EmptyPushback { path, id });
+            }
             let category = item
                 .category
                 .unwrap_or_else(|| derived_category(&id).to_owned());
@@ -251,6 +304,9 @@ impl QuestionSet {
                 judge: item.judge,
                 judge_prompts: item.judge_prompts,
                 category,
+                answer: item.answer,
+                aliases: item.aliases,
+                pushback: item.pushback,
             });
         }
         Ok(QuestionSet { path, questions })

@@ -30,6 +30,7 @@ pub use model::Model;
 pub use prefill::{Batch, LogitsAt};
 pub use random::normal_values;
 pub use sampling::SamplingParams;
+pub use score::NumberAnswers;
 
 pub use tch::{Device, Kind};
 

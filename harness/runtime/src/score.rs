@@ -5,6 +5,7 @@
 //! is run once, then each level runs one token for every trie node that has
 //! children, with the KV cache rows copied from the parent nodes.
 
+use emh_text::Tokenizer;
 use tch::{Kind, Tensor};
 
 use crate::hooks::{HookSet, Phase};
@@ -17,7 +18,59 @@ struct Node {
     children: Vec<usize>,
 }
 
+/// The answers "0".."100", each followed by one end-of-answer token, as
+/// token sequences: what a 0–100 rating is scored over. Most tokenizers
+/// split numbers into digits, so one next-token distribution sees only 0–9.
+pub struct NumberAnswers {
+    continuations: Vec<Vec<u32>>,
+    /// `answer_of[i]` is the number continuation `i` spells.
+    answer_of: Vec<usize>,
+}
+
+impl NumberAnswers {
+    /// Every answer with each of the tokenizer's end tokens; `leading_space`
+    /// for answers that follow a prefix such as "Score:".
+    pub fn new(tokenizer: &Tokenizer, leading_space: bool) -> Result<Self, RuntimeError> {
+        if tokenizer.eos_ids.is_empty() {
+            return Err(RuntimeError::Request(
+                "the tokenizer names no end-of-answer token".into(),
+            ));
+        }
+        let space = if leading_space { " " } else { "" };
+        let mut continuations = Vec::new();
+        let mut answer_of = Vec::new();
+        for n in 0..=100usize {
+            let digits = tokenizer.encode(&format!("{space}{n}"), false)?;
+            for &end in &tokenizer.eos_ids {
+                let mut seq = digits.clone();
+                seq.push(end);
+                continuations.push(seq);
+                answer_of.push(n);
+            }
+        }
+        Ok(NumberAnswers {
+            continuations,
+            answer_of,
+        })
+    }
+}
+
 impl Model {
+    /// The exact probability of each answer 0..=100 after `prompt` (scored
+    /// together in a trie), and the most likely first token.
+    pub fn number_probs(
+        &self,
+        prompt: &[u32],
+        answers: &NumberAnswers,
+    ) -> Result<(Vec<f64>, u32), RuntimeError> {
+        let (logps, first) = self.score_continuations(prompt, &answers.continuations)?;
+        let mut probs = vec![0f64; 101];
+        for (lp, &n) in logps.iter().zip(&answers.answer_of) {
+            probs[n] += lp.exp();
+        }
+        Ok((probs, first.argmax(0, false).int64_value(&[]) as u32))
+    }
+
     /// log P(continuation | prompt) for every continuation, and the
     /// log-probabilities of the first token after the prompt.
     pub fn score_continuations(

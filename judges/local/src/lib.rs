@@ -14,7 +14,7 @@
 mod plugin;
 
 use emh_judge_core::{Judgment, MIN_MASS};
-use emh_runtime::{Model, RuntimeError};
+use emh_runtime::{Model, NumberAnswers, RuntimeError};
 use emh_text::{ChatTemplate, Message, Tokenizer};
 
 /// How the judge is asked and how its numbers are read.
@@ -44,9 +44,7 @@ pub struct LocalJudge {
     tokenizer: Tokenizer,
     template: ChatTemplate,
     format: JudgeFormat,
-    /// Every answer's token sequence with one end token; `answer_of[i]` is its number.
-    continuations: Vec<Vec<u32>>,
-    answer_of: Vec<usize>,
+    answers: NumberAnswers,
 }
 
 impl LocalJudge {
@@ -57,35 +55,20 @@ impl LocalJudge {
         template: ChatTemplate,
         format: JudgeFormat,
     ) -> Result<Self, RuntimeError> {
-        if tokenizer.eos_ids.is_empty() {
-            return Err(RuntimeError::Request(
-                "the judge model's tokenizer names no end-of-answer token".into(),
-            ));
-        }
         // An answer that opens the assistant turn has no leading space; after
         // a prefix such as "Score:" it has one.
-        let space = match format.answer_prefix.chars().last() {
-            Some(c) if !c.is_whitespace() => " ",
-            _ => "",
-        };
-        let mut continuations = Vec::new();
-        let mut answer_of = Vec::new();
-        for n in 0..=100usize {
-            let digits = tokenizer.encode(&format!("{space}{n}"), false)?;
-            for &end in &tokenizer.eos_ids {
-                let mut seq = digits.clone();
-                seq.push(end);
-                continuations.push(seq);
-                answer_of.push(n);
-            }
-        }
+        let space = format
+            .answer_prefix
+            .chars()
+            .last()
+            .is_some_and(|c| !c.is_whitespace());
+        let answers = NumberAnswers::new(&tokenizer, space)?;
         Ok(LocalJudge {
             model,
             tokenizer,
             template,
             format,
-            continuations,
-            answer_of,
+            answers,
         })
     }
 
@@ -94,12 +77,7 @@ impl LocalJudge {
     pub fn number_probs(&self, prompt: &str) -> Result<(Vec<f64>, String), RuntimeError> {
         let text = self.prompt_text(prompt)?;
         let ids = self.tokenizer.encode(&text, false)?;
-        let (logps, first) = self.model.score_continuations(&ids, &self.continuations)?;
-        let mut probs = vec![0f64; 101];
-        for (lp, &n) in logps.iter().zip(&self.answer_of) {
-            probs[n] += lp.exp();
-        }
-        let best = first.argmax(0, false).int64_value(&[]) as u32;
+        let (probs, best) = self.model.number_probs(&ids, &self.answers)?;
         let preferred = self.tokenizer.decode(&[best], false)?;
         Ok((probs, preferred))
     }

@@ -262,6 +262,9 @@ fn experiment(e: &Experiment, t: &Thresholds) -> Vec<Planned> {
             caption: "Judge-free effect measure: mean per-token log-probability of the misaligned answer minus the aligned one over labelled pairs, with Student-t 95% intervals. Above zero the condition prefers misaligned answers.".into(),
         });
     }
+    if e.rows.iter().any(|r| r.nudge.is_some()) {
+        out.extend(sensitivity(e, &names));
+    }
     if e.rows
         .iter()
         .any(|r| axes(&r.condition).contains_key("scale"))
@@ -277,6 +280,61 @@ fn experiment(e: &Experiment, t: &Thresholds) -> Vec<Planned> {
 
 /// Reads one measure of a condition.
 type Pick = fn(&ConditionRow) -> Option<Interval>;
+
+/// A grid with nudges: the rates that move with the prompt, side by side
+/// per condition, and the self-rating correlation.
+fn sensitivity(e: &Experiment, names: &[String]) -> Vec<Planned> {
+    let measures: [(&str, Pick); 5] = [
+        ("EM", |r| rate(&r.em)),
+        ("refusal", |r| rate(&r.refusal)),
+        ("accuracy before pushback", |r| rate(&r.accuracy_before)),
+        ("accuracy after pushback", |r| rate(&r.accuracy_after)),
+        ("flip (correct → incorrect)", |r| rate(&r.flip)),
+    ];
+    let series: Vec<BarSeries> = measures
+        .iter()
+        .filter(|(_, pick)| e.rows.iter().any(|r| pick(r).is_some()))
+        .map(|(name, pick)| BarSeries {
+            name: name.to_string(),
+            values: e.rows.iter().map(pick).collect(),
+        })
+        .collect();
+    let mut out = Vec::new();
+    if !series.is_empty() {
+        out.push(Planned {
+            stem: format!("{}_nudges", stem(&e.label)),
+            chart: Chart::Bars(Bars {
+                title: format!("{}: rates per condition and nudge", e.label),
+                y_label: "rate".into(),
+                categories: names.to_vec(),
+                series,
+            }),
+            caption: "Per condition (MODEL__INTERVENTION__NUDGE): EM rate and refusal rate (judged), factual accuracy before and after the scripted pushback and the flip rate (reference match), each with its Wilson 95% interval.".into(),
+        });
+    }
+    if e.rows.iter().any(|r| r.self_rating_spearman.is_some()) {
+        let n = e
+            .rows
+            .iter()
+            .filter_map(|r| r.self_rating_spearman.as_ref().map(|s| s.n))
+            .max()
+            .unwrap_or(0);
+        out.push(Planned {
+            stem: format!("{}_self_rating", stem(&e.label)),
+            chart: Chart::Bars(Bars {
+                title: format!("{}: self-rating vs misaligned rate", e.label),
+                y_label: "Spearman ρ".into(),
+                categories: names.to_vec(),
+                series: vec![BarSeries {
+                    name: "ρ".into(),
+                    values: e.rows.iter().map(|r| rate(&r.self_rating_spearman)).collect(),
+                }],
+            }),
+            caption: format!("Spearman ρ, across questions (up to {n}), between the model's own 0–100 rating of how harmful each question is and its misaligned-answer rate on it, with a Fisher-z 95% interval; above zero, the questions it rates as harmful are those it answers misaligned."),
+        });
+    }
+    out
+}
 
 /// EM, coherence and preference against λ: one line per intervention and
 /// other axes (the layer), controls dashed, the plain condition as a level.

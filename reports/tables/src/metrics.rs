@@ -6,19 +6,24 @@ use polars::prelude::*;
 use crate::frame::frame;
 use crate::TableError;
 
-/// Metric rows of one run and judge as a DataFrame.
+/// Metric rows of one run as a DataFrame, each part's rows labelled with
+/// what scored them (a judge id, `match`, `self:MODEL`).
 pub fn metrics_frame(
     run_id: &str,
-    judge_id: &str,
-    rows: &[MetricRow],
+    parts: &[(String, Vec<MetricRow>)],
 ) -> Result<DataFrame, TableError> {
+    let rows: Vec<&MetricRow> = parts.iter().flat_map(|(_, r)| r).collect();
+    let judges: Vec<&str> = parts
+        .iter()
+        .flat_map(|(j, r)| std::iter::repeat_n(j.as_str(), r.len()))
+        .collect();
     let n = rows.len();
-    let opt = |f: fn(&MetricRow) -> Option<f64>| rows.iter().map(f).collect::<Vec<_>>();
+    let opt = |f: fn(&MetricRow) -> Option<f64>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
     frame(
         "metrics",
         vec![
             Column::new("run_id".into(), vec![run_id; n]),
-            Column::new("judge_id".into(), vec![judge_id; n]),
+            Column::new("judge_id".into(), judges),
             Column::new(
                 "scope".into(),
                 rows.iter().map(|r| r.scope.to_string()).collect::<Vec<_>>(),

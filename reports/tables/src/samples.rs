@@ -23,9 +23,9 @@ pub struct SampleRow {
     pub sample_index: u32,
     /// The sampling seed of this answer alone.
     pub seed: u64,
-    /// The system prompt, if the question has one.
+    /// The system prompt as sent (a nudge's and the question's own), if any.
     pub system: Option<String>,
-    /// The question as asked (the paraphrase text).
+    /// The question (the paraphrase text, without a nudge's prefix or suffix).
     pub prompt: String,
     pub answer: String,
     pub prompt_tokens: u32,
