@@ -12,7 +12,7 @@ use emh_eval::{
     load_model, plan_all, read_pairs, run_forced, select_answers, write_capture, EvalSpec,
     ForcedOptions, Preference, Selection, Side,
 };
-use emh_experiment::{AblatePreset, ConditionRow, Experiment, ExperimentSpec, SteerPreset};
+use emh_experiment::{AblatePreset, Experiment, ExperimentSpec, SteerPreset};
 
 use crate::commands::ModelArgs;
 use crate::eval::{judged_spec, JudgeUseArgs, SampleArgs, ThresholdArgs};
@@ -523,53 +523,7 @@ fn run_preset(spec: ExperimentSpec, name: &str, a: &PresetArgs) -> Result<()> {
     let prefs = x.preferences(&registry, a.sample.batch_size, &bars)?;
     let rows = x.summarise(&runs, &prefs);
     emh_experiment::write_summary(out, &rows)?;
-    print_rows(&rows);
+    crate::experiment::print_rows(&rows);
     eprintln!("summary: {}", out.join("summary.csv").display());
     Ok(())
-}
-
-/// The summary of an experiment as a table: EM, coherence, self-correction,
-/// EM reduction and log-prob preference per condition.
-pub fn print_rows(rows: &[ConditionRow]) {
-    let pct = |v: Option<f64>| {
-        v.map(|v| format!("{:.1}%", v * 100.0))
-            .unwrap_or_else(|| "-".into())
-    };
-    let rate = |r: &Option<emh_experiment::Rate>| match r {
-        Some(r) if r.value.is_none() && r.nulls > 0 => format!("({} null scores)", r.nulls),
-        Some(r) => format!("{} [{}, {}]", pct(r.value), pct(r.low), pct(r.high)),
-        None => "-".into(),
-    };
-    println!(
-        "\n{:<40} {:>22} {:>10} {:>9} {:>22} {:>24}",
-        "condition",
-        "EM rate [95% CI]",
-        "coherent",
-        "self-corr",
-        "EM reduction [95% CI]",
-        "logprob pref [95% CI]"
-    );
-    for r in rows {
-        let reduction = r
-            .em_reduction
-            .map(|(v, lo, hi)| format!("{} [{}, {}]", pct(Some(v)), pct(Some(lo)), pct(Some(hi))))
-            .unwrap_or_else(|| "-".into());
-        let pref = r
-            .logprob_pref
-            .map(|(v, lo, hi)| format!("{v:+.3} [{lo:+.3}, {hi:+.3}]"))
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "{:<40} {:>22} {:>10} {:>9} {:>22} {:>24}",
-            r.condition,
-            rate(&r.em),
-            pct(r.coherence.as_ref().and_then(|c| c.value)),
-            pct(r.self_correction.as_ref().and_then(|c| c.value)),
-            reduction,
-            pref
-        );
-    }
-    match rows.iter().find_map(|r| r.judge.as_ref()) {
-        Some(j) => println!("(rates scored by {j}; the log-prob preference needs no judge)"),
-        None => println!("(not judged; the log-prob preference needs no judge)"),
-    }
 }

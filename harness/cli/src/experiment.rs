@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use emh_eval::{Part, RunSummary};
-use emh_experiment::{Experiment, SlurmOptions};
+use emh_experiment::{ConditionRow, Experiment, Rate, SlurmOptions};
 
 use crate::plugins::PluginArgs;
 use crate::progress::Bars;
@@ -156,7 +156,7 @@ pub fn run(a: ExperimentCmd) -> Result<()> {
             let prefs = x.preferences(&registry, batch, &bars)?;
             let rows = x.summarise(&summaries, &prefs);
             emh_experiment::write_summary(&x.out(), &rows)?;
-            crate::directions::print_rows(&rows);
+            print_rows(&rows);
             eprintln!("summary: {}", x.out().join("summary.csv").display());
         }
     }
@@ -171,4 +171,115 @@ pub fn merge(a: MergeCmd) -> Result<()> {
     }
     print_summary(&summaries);
     Ok(())
+}
+
+/// The summary of an experiment as a table: EM, coherence, self-correction,
+/// EM reduction and log-prob preference per condition.
+pub fn print_rows(rows: &[ConditionRow]) {
+    let pct = |v: Option<f64>| {
+        v.map(|v| format!("{:.1}%", v * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let rate = |r: &Option<emh_experiment::Rate>| match r {
+        Some(r) if r.value.is_none() && r.nulls > 0 => format!("({} null scores)", r.nulls),
+        Some(r) => format!("{} [{}, {}]", pct(r.value), pct(r.low), pct(r.high)),
+        None => "-".into(),
+    };
+    println!(
+        "\n{:<40} {:>22} {:>10} {:>9} {:>22} {:>24}",
+        "condition",
+        "EM rate [95% CI]",
+        "coherent",
+        "self-corr",
+        "EM reduction [95% CI]",
+        "logprob pref [95% CI]"
+    );
+    for r in rows {
+        let reduction = r
+            .em_reduction
+            .map(|(v, lo, hi)| format!("{} [{}, {}]", pct(Some(v)), pct(Some(lo)), pct(Some(hi))))
+            .unwrap_or_else(|| "-".into());
+        let pref = r
+            .logprob_pref
+            .map(|(v, lo, hi)| format!("{v:+.3} [{lo:+.3}, {hi:+.3}]"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<40} {:>22} {:>10} {:>9} {:>22} {:>24}",
+            r.condition,
+            rate(&r.em),
+            pct(r.coherence.as_ref().and_then(|c| c.value)),
+            pct(r.self_correction.as_ref().and_then(|c| c.value)),
+            reduction,
+            pref
+        );
+    }
+    match rows.iter().find_map(|r| r.judge.as_ref()) {
+        Some(j) => println!("(rates scored by {j}; the log-prob preference needs no judge)"),
+        None => println!("(not judged; the log-prob preference needs no judge)"),
+    }
+    print_sensitivity(rows);
+}
+
+/// The prompt-sensitivity measures of each condition, when any has one:
+/// refusal, factual accuracy before and after pushback, flips, and the
+/// self-rating's Spearman ρ with the misaligned rate.
+fn print_sensitivity(rows: &[ConditionRow]) {
+    let shown = |r: &ConditionRow| {
+        [
+            &r.refusal,
+            &r.accuracy_before,
+            &r.flip,
+            &r.self_rating_spearman,
+        ]
+        .iter()
+        .any(|m| m.is_some())
+    };
+    if !rows.iter().any(shown) {
+        return;
+    }
+    let pct = |v: Option<f64>| {
+        v.map(|v| format!("{:.0}%", v * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let rate = |r: &Option<Rate>| match r {
+        Some(r) if r.value.is_some() => {
+            format!("{} [{}, {}]", pct(r.value), pct(r.low), pct(r.high))
+        }
+        _ => "-".into(),
+    };
+    let rho = |r: &Option<Rate>| match r {
+        Some(Rate {
+            value: Some(v),
+            low,
+            high,
+            n,
+            ..
+        }) => match (low, high) {
+            (Some(lo), Some(hi)) => format!("{v:+.2} [{lo:+.2}, {hi:+.2}] n={n}"),
+            _ => format!("{v:+.2} n={n}"),
+        },
+        Some(r) => format!("- n={}", r.n),
+        None => "-".into(),
+    };
+    println!(
+        "\n{:<40} {:>18} {:>18} {:>18} {:>18} {:>26}",
+        "condition",
+        "refusal_rate",
+        "accuracy before",
+        "accuracy after",
+        "flip_rate",
+        "self-rating ρ [95% CI]"
+    );
+    for r in rows {
+        println!(
+            "{:<40} {:>18} {:>18} {:>18} {:>18} {:>26}",
+            r.condition,
+            rate(&r.refusal),
+            rate(&r.accuracy_before),
+            rate(&r.accuracy_after),
+            rate(&r.flip),
+            rho(&r.self_rating_spearman)
+        );
+    }
+    println!("(refusal judged; accuracy and flips by reference match; ρ over questions, from each model's own ratings)");
 }
