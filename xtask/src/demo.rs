@@ -320,7 +320,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     // 7. The report.
     let report = out.join("report");
     let html = crate::output(
-        emh("[7/8] report")
+        emh("[8/8] report")
             .arg("report")
             .args([
                 &base,

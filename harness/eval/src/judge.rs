@@ -74,6 +74,26 @@ pub fn judge(
     metrics: &[String],
     on_progress: impl FnMut(JudgeProgress),
 ) -> Result<(Vec<JudgmentRow>, JudgeUsage, JudgeRecord), EvalError> {
+    let (new_rows, usage, record) = judge_rows(samples, questions, judge, metrics, on_progress)?;
+    let mut rows: Vec<JudgmentRow> = run
+        .judgments()?
+        .into_iter()
+        .filter(|r| !(r.judge_id == record.identity.id && metrics.contains(&r.metric)))
+        .collect();
+    rows.extend(new_rows);
+    run.write_judgments(&rows)?;
+    Ok((rows, usage, record))
+}
+
+/// Judges every sample on every metric its question has a prompt for
+/// (`{reference}` in a prompt is the question's `answer`), writing nothing.
+pub(crate) fn judge_rows(
+    samples: &[SampleRow],
+    questions: &[Question],
+    judge: &Judge<'_>,
+    metrics: &[String],
+    on_progress: impl FnMut(JudgeProgress),
+) -> Result<(Vec<JudgmentRow>, JudgeUsage, JudgeRecord), EvalError> {
     let mut filled = Vec::with_capacity(samples.len() * metrics.len());
     let mut keys = Vec::with_capacity(filled.capacity());
     let mut hashes = BTreeMap::new();
@@ -94,7 +114,15 @@ pub fn judge(
             let Some(template) = prompts.get(s.question_id.as_str()) else {
                 continue;
             };
-            filled.push(fill_prompt(template, &s.prompt, &s.answer));
+            let reference = questions
+                .iter()
+                .find(|q| q.id == s.question_id)
+                .and_then(|q| q.answer.as_deref());
+            let template = match reference {
+                Some(r) => template.replace("{reference}", r),
+                None => template.to_string(),
+            };
+            filled.push(fill_prompt(&template, &s.prompt, &s.answer));
             keys.push((s, metric));
         }
     }
@@ -140,13 +168,6 @@ pub fn judge(
             }
         })
         .collect();
-    let mut rows: Vec<JudgmentRow> = run
-        .judgments()?
-        .into_iter()
-        .filter(|r| !(r.judge_id == *judge_id && metrics.contains(&r.metric)))
-        .collect();
-    rows.extend(new_rows);
-    run.write_judgments(&rows)?;
     let record = JudgeRecord {
         identity: judge.identity.clone(),
         plugin: judge.plugin.name.clone(),
@@ -154,5 +175,5 @@ pub fn judge(
         metrics: metrics.to_vec(),
         judge_prompts: hashes,
     };
-    Ok((rows, usage, record))
+    Ok((new_rows, usage, record))
 }

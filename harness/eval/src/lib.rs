@@ -44,7 +44,7 @@ pub use pipeline::{
     RunOptions, RunSummary,
 };
 pub use prompts::{read_prompts, PromptLine, PromptRenderer};
-pub use pushback::{grade, pushback_messages, pushback_seed};
+pub use pushback::{grade, pushback_messages, pushback_seed, CorrectScores, CORRECT};
 pub use run::RunDir;
 pub use sample::{
     finish_name, question_key, sample_batch, sample_group, sample_prompts, sample_seed, warm_up,

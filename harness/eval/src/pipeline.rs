@@ -11,8 +11,9 @@ use emh_plugins::{Judge, JudgeProgress, Registry};
 use emh_questions::{Question, QuestionSet};
 use emh_tables::{JudgmentRow, SampleRow};
 
+use crate::judge::judge_rows;
 use crate::load::{control_adapters, load_model, plan_all, Loaded, Planned};
-use crate::pushback::pushback_group;
+use crate::pushback::{pushback_group, CorrectScores, CORRECT};
 use crate::sample::{sample_group, GroupRun, SampleProgress};
 use crate::self_rating::{rate_questions, write_ratings};
 use crate::{EvalError, EvalSpec, HashMemo, Hashes, JudgeSpec, Manifest, Part, RunDir};
@@ -104,8 +105,10 @@ struct Pending {
 
 /// Samples, judges and summarises every spec into its directory. Specs over
 /// the same weights and sampling settings run in shared batches, each row
-/// with its own condition's interventions; a run already finished or part
-/// done resumes. Judges and judge prompts are checked before any sampling.
+/// with its own condition's interventions; questions with pushback turns
+/// get second answers, and specs with `self_rating` the model's ratings of
+/// the questions. A run already finished or part done resumes. Judges and
+/// judge prompts are checked before any sampling.
 pub fn run(
     specs: &[(EvalSpec, PathBuf)],
     registry: &Registry,
@@ -400,6 +403,28 @@ pub fn judge_samples(
         observer.judging(&name, p)
     })?;
     observer.done();
+    // Second answers after pushback are graded on `correct` too, when judged.
+    let second = run
+        .pushback()?
+        .filter(|_| metrics.iter().any(|m| m == CORRECT));
+    if let Some(second) = second {
+        observer.message(&format!(
+            "judging {} second answers of {name} on {CORRECT}",
+            second.len()
+        ));
+        let correct = [CORRECT.to_string()];
+        let (new, _, _) = judge_rows(&second, questions, judge, &correct, |p| {
+            observer.judging(&name, p)
+        })?;
+        observer.done();
+        let mut all: Vec<JudgmentRow> = run
+            .pushback_judgments()?
+            .into_iter()
+            .filter(|r| !(r.judge_id == judge.identity.id && r.metric == CORRECT))
+            .collect();
+        all.extend(new);
+        run.write_pushback_judgments(&all)?;
+    }
     observer.message(&usage_line(&judge.identity.id, &usage));
     let mut manifest = run
         .manifest()?
@@ -420,7 +445,8 @@ fn usage_line(id: &str, u: &JudgeUsage) -> String {
 }
 
 /// The metrics of one judge's scores (none without a judge), the factual
-/// answers' accuracy before and after pushback (scored by `match`), and the
+/// answers' accuracy before and after pushback (scored by the judge's
+/// `correct` where judged, else `match`), and the
 /// model's self-ratings (`self:MODEL`), written to the run's `metrics`
 /// table with what scored each row; the rows come back in that order.
 pub fn summarise(
@@ -433,8 +459,27 @@ pub fn summarise(
     let judged = judge_id
         .map(|id| crate::metrics(samples, judgments, id, thresholds))
         .unwrap_or_default();
+    let scores = match judge_id {
+        Some(id) => CorrectScores::from_judgments(
+            judgments,
+            &run.pushback_judgments()?,
+            id,
+            thresholds.above(CORRECT),
+        ),
+        None => CorrectScores::default(),
+    };
+    let graded_by = match judge_id {
+        Some(id) if scores.any() => id,
+        _ => "match",
+    };
     let mut parts = vec![(judge_id.unwrap_or_default().to_string(), judged)];
-    parts.extend(unjudged_metrics(run, samples, &parts[0].1)?);
+    parts.extend(unjudged_metrics(
+        run,
+        samples,
+        &parts[0].1,
+        &scores,
+        graded_by,
+    )?);
     let run_id = samples
         .first()
         .map(|s| s.run_id.clone())
@@ -448,26 +493,30 @@ pub fn summarise(
     Ok(parts.into_iter().flat_map(|(_, rows)| rows).collect())
 }
 
-/// What needs no judge: factual answers graded against their reference
-/// (also written per answer to `factual.parquet`) and the model's ratings
-/// of the questions beside the judged misaligned rates.
+/// Beyond the judge's own metrics: factual answers graded against their
+/// reference (by the judge's `correct` scores where there are any, else by
+/// match; also written per answer to `factual.parquet`) and the model's
+/// ratings of the questions beside the judged misaligned rates.
 fn unjudged_metrics(
     run: &RunDir,
     samples: &[SampleRow],
     judged: &[MetricRow],
+    scores: &CorrectScores,
+    graded_by: &str,
 ) -> Result<Vec<(String, Vec<MetricRow>)>, EvalError> {
     let questions = run.questions()?;
     let mut parts = Vec::new();
     let second = run.pushback()?.unwrap_or_default();
-    let graded = crate::pushback::grade(&questions, samples, &second);
+    let graded = crate::pushback::grade(&questions, samples, &second, scores);
     if !graded.is_empty() {
         crate::pushback::write_graded(&run.factual_path(), &graded)?;
         let rows: Vec<_> = graded.into_iter().map(|(_, _, g)| g).collect();
-        parts.push(("match".to_string(), emh_metrics::pushback_rates(&rows)));
+        parts.push((graded_by.to_string(), emh_metrics::pushback_rates(&rows)));
     }
     if let Some(ratings) = crate::self_rating::read_ratings(&run.self_ratings_path())? {
         let model = run.manifest()?.map(|m| m.model.name).unwrap_or_default();
         let rated = crate::self_rating::rated(&questions, &ratings, judged);
+        crate::self_rating::write_rated(&run.self_rating_by_question_path(), &rated)?;
         parts.push((
             format!("self:{model}"),
             emh_metrics::self_rating_rows(&rated),

@@ -8,8 +8,10 @@
 //! RUN/judgments.parquet    every judge's scores
 //! RUN/metrics.parquet      metrics of the last judge run, graded accuracy and self-ratings
 //! RUN/pushback.parquet     second answers after a scripted pushback turn (samples' schema)
+//! RUN/pushback_judgments.parquet  second answers judged on `correct`, when judged
 //! RUN/factual.parquet      factual answers graded before and after pushback
-//! RUN/self_ratings.parquet the model's own 0–100 rating of each question
+//! RUN/self_ratings.parquet the model's own 0–100 rating of each paraphrase
+//! RUN/self_rating_by_question.parquet  its mean per question beside the misaligned rate
 //! RUN/activations/*.safetensors  what the plans captured (see `activations`)
 //! RUN/work/samples/N.json  finished generation batches, so a resumed run skips them
 //! RUN/work/samples/pushback/N.json  the same for second turns
@@ -150,6 +152,10 @@ impl RunDir {
     pub fn pushback_path(&self) -> PathBuf {
         self.path.join("pushback.parquet")
     }
+    /// `pushback_judgments.parquet`: second answers judged on `correct`.
+    pub fn pushback_judgments_path(&self) -> PathBuf {
+        self.path.join("pushback_judgments.parquet")
+    }
     /// `factual.parquet`: each factual answer graded before and after pushback.
     pub fn factual_path(&self) -> PathBuf {
         self.path.join("factual.parquet")
@@ -157,6 +163,11 @@ impl RunDir {
     /// `self_ratings.parquet`: the model's own 0–100 rating of each paraphrase.
     pub fn self_ratings_path(&self) -> PathBuf {
         self.path.join("self_ratings.parquet")
+    }
+    /// `self_rating_by_question.parquet`: each question's mean self-rating
+    /// beside its misaligned-answer rate.
+    pub fn self_rating_by_question_path(&self) -> PathBuf {
+        self.path.join("self_rating_by_question.parquet")
     }
     /// The journal of this run's generation batches when sampled alone.
     pub fn journal_dir(&self) -> PathBuf {
@@ -223,6 +234,25 @@ impl RunDir {
     pub fn write_pushback(&self, rows: &[SampleRow]) -> Result<(), EvalError> {
         let mut df = emh_tables::samples_frame(rows)?;
         Ok(emh_tables::write_parquet(&mut df, &self.pushback_path())?)
+    }
+
+    /// The second answers' `correct` judgments (empty before any).
+    pub fn pushback_judgments(&self) -> Result<Vec<JudgmentRow>, EvalError> {
+        let path = self.pushback_judgments_path();
+        if !path.is_file() {
+            return Ok(Vec::new());
+        }
+        let df = emh_tables::read_parquet(&path)?;
+        Ok(emh_tables::judgments_from_frame(&df)?)
+    }
+
+    /// Writes the second answers' judgments.
+    pub fn write_pushback_judgments(&self, rows: &[JudgmentRow]) -> Result<(), EvalError> {
+        let mut df = emh_tables::judgments_frame(rows)?;
+        Ok(emh_tables::write_parquet(
+            &mut df,
+            &self.pushback_judgments_path(),
+        )?)
     }
 
     /// Writes the samples table.

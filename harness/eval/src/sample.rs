@@ -158,9 +158,17 @@ pub(crate) fn journaled<'k>(
     Ok(Some(done))
 }
 
-/// A sample row of `job`'s output under the run of manifest `m`; the
-/// caller sets the indices, system prompt and prompt text.
-pub(crate) fn sample_row(m: &Manifest, q: &Question, job: &Job, out: GenOutput) -> SampleRow {
+/// The row of `job`'s output: sample `at` = (paraphrase, sample) of
+/// question `q` under the run of manifest `m`, asked `prompt` under `system`.
+pub(crate) fn sample_row(
+    m: &Manifest,
+    q: &Question,
+    at: (u32, u32),
+    system: Option<String>,
+    prompt: String,
+    job: &Job,
+    out: GenOutput,
+) -> SampleRow {
     SampleRow {
         run_id: m.spec.condition.name.clone(),
         model_id: m.model.name.clone(),
@@ -181,11 +189,11 @@ pub(crate) fn sample_row(m: &Manifest, q: &Question, job: &Job, out: GenOutput) 
             .join(";"),
         question_id: q.id.clone(),
         category: q.category.clone(),
-        paraphrase_index: 0,
-        sample_index: 0,
+        paraphrase_index: at.0,
+        sample_index: at.1,
         seed: job.seed,
-        system: None,
-        prompt: String::new(),
+        system,
+        prompt,
         answer: out.text,
         prompt_tokens: job.prompt.len() as u32,
         answer_tokens: out.tokens.len() as u32,
@@ -511,12 +519,10 @@ pub fn sample_group(
             .iter()
             .zip(jobs.iter().zip(outputs).zip(systems))
             .map(|(it, ((job, out), system))| {
-                let mut row = sample_row(runs[it.run].manifest, it.question, job, out);
-                row.paraphrase_index = it.paraphrase_index;
-                row.sample_index = it.sample_index;
-                row.system = system;
-                row.prompt = it.question.paraphrases[it.paraphrase_index as usize].clone();
-                row
+                let q = it.question;
+                let prompt = q.paraphrases[it.paraphrase_index as usize].clone();
+                let at = (it.paraphrase_index, it.sample_index);
+                sample_row(runs[it.run].manifest, q, at, system, prompt, job, out)
             })
             .collect();
         // Captures first: the journal file marks the batch as done.

@@ -156,3 +156,25 @@ pub fn rated(questions: &[Question], ratings: &[RatingRow], judged: &[MetricRow]
         })
         .collect()
 }
+
+/// Writes each question's mean self-rating beside its misaligned rate.
+pub fn write_rated(path: &Path, rated: &[Rated]) -> Result<(), EvalError> {
+    let strings = |f: fn(&Rated) -> &str| rated.iter().map(|r| f(r).to_string()).collect();
+    write_columns(
+        path,
+        "self_rating_by_question",
+        vec![
+            ("question_id", Values::Strings(strings(|r| &r.question_id))),
+            ("category", Values::Strings(strings(|r| &r.category))),
+            (
+                "self_rating",
+                Values::MaybeFloats(rated.iter().map(|r| r.rating).collect()),
+            ),
+            (
+                "misaligned_rate",
+                Values::MaybeFloats(rated.iter().map(|r| r.misaligned).collect()),
+            ),
+        ],
+    )?;
+    Ok(())
+}

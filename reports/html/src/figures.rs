@@ -327,10 +327,18 @@ fn sensitivity(e: &Experiment, names: &[String]) -> Vec<Planned> {
                 categories: names.to_vec(),
                 series: vec![BarSeries {
                     name: "ρ".into(),
-                    values: e.rows.iter().map(|r| rate(&r.self_rating_spearman)).collect(),
+                    // ρ without an interval (n ≤ 3) is still drawn, as a bar alone.
+                    values: e
+                        .rows
+                        .iter()
+                        .map(|r| {
+                            let rho = r.self_rating_spearman.as_ref()?;
+                            rate(&r.self_rating_spearman).or(rho.value.map(exact))
+                        })
+                        .collect(),
                 }],
             }),
-            caption: format!("Spearman ρ, across questions (up to {n}), between the model's own 0–100 rating of how harmful each question is and its misaligned-answer rate on it, with a Fisher-z 95% interval; above zero, the questions it rates as harmful are those it answers misaligned."),
+            caption: format!("Spearman ρ, across questions (up to {n}), between the model's own 0–100 rating of how harmful each question is and its misaligned-answer rate on it, with a Fisher-z 95% interval (none with 3 questions or fewer); above zero, the questions it rates as harmful are those it answers misaligned."),
         });
     }
     out
