@@ -43,7 +43,7 @@ fn prompts_for<'q>(
             .collect();
         return Err(EvalError::Judge {
             reason: format!(
-                "no question has a judge prompt `{metric}` (they have: {})",
+                "no judge prompt `{metric}` in any question (they have: {})",
                 known.into_iter().collect::<Vec<_>>().join(", ")
             ),
         });
