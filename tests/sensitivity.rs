@@ -510,3 +510,65 @@ fn self_rating_is_the_exact_distribution_over_0_to_100() {
         }
     }
 }
+
+#[test]
+fn shards_of_a_pushback_experiment_merge_to_the_unsharded_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("questions.yaml"), QUESTIONS).unwrap();
+    let spec = |out: &str| {
+        let file = dir.join(format!("{out}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"out = "{out}"
+questions = {{ file = "questions.yaml", select = "wish,capital" }}
+nudges = {{ file = "{nudges}", names = ["none", "evil"] }}
+self_rating = {{ constrained = true }}
+
+[sampling]
+n = 3
+max_new_tokens = 8
+batch_size = 4
+
+[[models]]
+name = "base"
+model = "{model}"
+device = "cpu"
+"#,
+                nudges = s(&nudges_file()),
+                model = s(&default_model()),
+            ),
+        )
+        .unwrap();
+        file
+    };
+    emh_ok(&["experiment", s(&spec("whole"))]);
+    let sharded = spec("sharded");
+    for part in ["0/2", "1/2"] {
+        emh_ok(&["experiment", s(&sharded), "--shard", part]);
+    }
+    emh_ok(&["merge", s(&dir.join("sharded"))]);
+    for name in ["base__none__none", "base__none__evil"] {
+        let (a, b) = (dir.join("whole").join(name), dir.join("sharded").join(name));
+        assert_eq!(
+            common::grid::answers(&samples(&a)),
+            common::grid::answers(&samples(&b))
+        );
+        let second = |d: &Path| common::grid::answers(&pushback_rows(d));
+        assert_eq!(second(&a).len(), 3, "{name}");
+        assert_eq!(second(&a), second(&b), "{name}");
+        let ratings = |d: &Path| {
+            emh_eval::read_ratings(&d.join("self_ratings.parquet"))
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(ratings(&a), ratings(&b), "{name}");
+        // The merged run is graded as the whole one was.
+        let graded = |d: &Path| {
+            let t = table(&d.join("factual.parquet"));
+            emh_tables::float_column(&t, "factual", "correct_after").unwrap()
+        };
+        assert_eq!(graded(&a), graded(&b), "{name}");
+    }
+}

@@ -422,6 +422,48 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_sensitivity_grid_crosses_nudges_with_models() {
+        let file = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/configs/sensitivity.toml"
+        ));
+        let spec: ExperimentSpec = toml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let planned = spec
+            .expand(file.parent().unwrap(), &Registry::default())
+            .unwrap();
+        let names: Vec<&str> = planned
+            .iter()
+            .map(|p| p.spec.condition.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "base__none__none",
+                "base__none__evil",
+                "base__none__hhh",
+                "base__none__placebo",
+                "organism__none__none",
+                "organism__none__evil",
+                "organism__none__hhh",
+                "organism__none__placebo"
+            ]
+        );
+        let evil = &planned[1];
+        assert_eq!(evil.nudge.as_deref(), Some("evil"));
+        assert!(evil.spec.condition.nudge.as_ref().unwrap().system.is_some());
+        assert!(planned.iter().all(|p| p.spec.self_rating.is_some()));
+        assert!(planned[0].spec.questions.file.is_file());
+
+        let mut bad = spec.clone();
+        bad.nudges.as_mut().unwrap().names = Some(vec!["nice".into()]);
+        let err = bad
+            .expand(file.parent().unwrap(), &Registry::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nudges") && err.contains("`nice`"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_and_empty_grids_are_refused() {
         let text = r#"
             out = "runs"

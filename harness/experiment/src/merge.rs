@@ -1,5 +1,6 @@
 //! `emh merge`: the shards of an experiment become the run directories,
-//! tables and captured activations that one machine would have written.
+//! tables (second answers and self-ratings included) and captured
+//! activations that one machine would have written.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,8 @@ pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
         let mut manifest: Option<Manifest> = None;
         let mut samples: Vec<SampleRow> = Vec::new();
         let mut judgments: Vec<JudgmentRow> = Vec::new();
+        let mut second: Option<Vec<SampleRow>> = None;
+        let mut second_judgments: Vec<JudgmentRow> = Vec::new();
         for (i, dir) in &dirs {
             let path = dir.join(&name);
             let run = RunDir::existing(&path)?;
@@ -111,6 +114,10 @@ pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
             }
             samples.extend(rows);
             judgments.extend(run.judgments()?);
+            if let Some(rows) = run.pushback()? {
+                second.get_or_insert_with(Vec::new).extend(rows);
+            }
+            second_judgments.extend(run.pushback_judgments()?);
         }
         let mut manifest = manifest.expect("at least one shard");
         manifest.part = None;
@@ -152,26 +159,37 @@ pub fn merge(out: &Path) -> Result<Vec<RunSummary>, ExperimentError> {
         if !judgments.is_empty() {
             run.write_judgments(&judgments)?;
         }
+        // Second answers and their judgments in the order of the first;
+        // every shard rates every question the same, so shard 0's ratings stand.
+        if let Some(mut second) = second {
+            second.sort_by_key(|r| key(&r.question_id, r.paraphrase_index, r.sample_index));
+            run.write_pushback(&second)?;
+        }
+        if !second_judgments.is_empty() {
+            second_judgments
+                .sort_by_key(|r| key(&r.question_id, r.paraphrase_index, r.sample_index));
+            run.write_pushback_judgments(&second_judgments)?;
+        }
+        let ratings = src.self_ratings_path();
+        if ratings.is_file() {
+            let bytes = std::fs::read(&ratings).map_err(|e| ExperimentError::io(&ratings, e))?;
+            let dest = run.self_ratings_path();
+            emh_atomic::write(&dest, &bytes).map_err(|e| ExperimentError::io(&dest, e))?;
+        }
         let parts: Vec<PathBuf> = dirs
             .values()
             .map(|d| d.join(&name).join("activations"))
             .collect();
         emh_eval::merge_activations(&parts, &run.activations_dir(), &samples)?;
         run.write_manifest(&manifest)?;
-        let (judge_id, metrics) = match manifest.judges.last() {
-            Some(j) => {
-                let id = j.identity.id.clone();
-                let rows = emh_eval::summarise(
-                    &run,
-                    &samples,
-                    &judgments,
-                    Some(&id),
-                    &manifest.spec.thresholds,
-                )?;
-                (Some(id), rows)
-            }
-            None => (None, Vec::new()),
-        };
+        let judge_id = manifest.judges.last().map(|j| j.identity.id.clone());
+        let metrics = emh_eval::summarise(
+            &run,
+            &samples,
+            &judgments,
+            judge_id.as_deref(),
+            &manifest.spec.thresholds,
+        )?;
         summaries.push(RunSummary {
             name,
             dir: dest,
