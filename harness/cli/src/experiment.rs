@@ -220,19 +220,15 @@ pub fn print_rows(rows: &[ConditionRow]) {
     print_sensitivity(rows);
 }
 
-/// The prompt-sensitivity measures of each condition, when any has one:
-/// refusal, factual accuracy before and after pushback, flips, and the
-/// self-rating's Spearman ρ with the misaligned rate.
+/// The prompt-sensitivity measures of each condition, for grids with
+/// nudges, factual or self-rating items: refusal, factual accuracy before
+/// and after pushback, flips, and the self-rating's Spearman ρ with the
+/// misaligned rate.
 fn print_sensitivity(rows: &[ConditionRow]) {
+    // Every judged grid has a refusal rate; the table is for grids that
+    // vary the prompt or ask factual or self-rating items.
     let shown = |r: &ConditionRow| {
-        [
-            &r.refusal,
-            &r.accuracy_before,
-            &r.flip,
-            &r.self_rating_spearman,
-        ]
-        .iter()
-        .any(|m| m.is_some())
+        r.nudge.is_some() || r.accuracy_before.is_some() || r.self_rating_spearman.is_some()
     };
     if !rows.iter().any(shown) {
         return;
