@@ -75,14 +75,25 @@ pub fn judge(
     on_progress: impl FnMut(JudgeProgress),
 ) -> Result<(Vec<JudgmentRow>, JudgeUsage, JudgeRecord), EvalError> {
     let (new_rows, usage, record) = judge_rows(samples, questions, judge, metrics, on_progress)?;
-    let mut rows: Vec<JudgmentRow> = run
-        .judgments()?
-        .into_iter()
-        .filter(|r| !(r.judge_id == record.identity.id && metrics.contains(&r.metric)))
-        .collect();
-    rows.extend(new_rows);
+    let rows = replace_judgments(run.judgments()?, new_rows, &record.identity.id, metrics);
     run.write_judgments(&rows)?;
     Ok((rows, usage, record))
+}
+
+/// `old` judgments without judge `judge_id`'s on `metrics`, then `new`:
+/// judging again replaces a judge's scores rather than adding to them.
+pub(crate) fn replace_judgments(
+    old: Vec<JudgmentRow>,
+    new: Vec<JudgmentRow>,
+    judge_id: &str,
+    metrics: &[String],
+) -> Vec<JudgmentRow> {
+    let mut rows: Vec<JudgmentRow> = old
+        .into_iter()
+        .filter(|r| !(r.judge_id == judge_id && metrics.contains(&r.metric)))
+        .collect();
+    rows.extend(new);
+    rows
 }
 
 /// Judges every sample on every metric its question has a prompt for

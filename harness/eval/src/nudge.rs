@@ -32,39 +32,23 @@ struct NudgeFile {
     nudge: Vec<Nudge>,
 }
 
-impl Nudge {
-    /// The opening messages of a conversation asking `question`: the
-    /// system prompt (the nudge's, then the question's own) and the user
-    /// turn with the nudge's prefix and suffix.
-    pub fn messages(&self, system: Option<&str>, question: &str) -> Vec<Message> {
-        let system = match (self.system.as_deref(), system) {
-            (Some(n), Some(q)) => Some(format!("{n}\n\n{q}")),
-            (Some(s), None) | (None, Some(s)) => Some(s.to_string()),
-            (None, None) => None,
-        };
-        let mut out = Vec::with_capacity(2);
-        if let Some(s) = system {
-            out.push(Message::new("system", &s));
-        }
-        let user = format!(
-            "{}{question}{}",
-            self.prefix.as_deref().unwrap_or(""),
-            self.suffix.as_deref().unwrap_or("")
-        );
-        out.push(Message::new("user", &user));
-        out
-    }
-}
-
-/// The opening messages under an optional nudge.
+/// The opening messages of a conversation asking `question` under an
+/// optional nudge: the system prompt (the nudge's, then the question's
+/// own) and the user turn with the nudge's prefix and suffix.
 pub fn opening(nudge: Option<&Nudge>, system: Option<&str>, question: &str) -> Vec<Message> {
-    let none = Nudge {
-        name: String::new(),
-        system: None,
-        prefix: None,
-        suffix: None,
+    let system = match (nudge.and_then(|n| n.system.as_deref()), system) {
+        (Some(n), Some(q)) => Some(format!("{n}\n\n{q}")),
+        (Some(s), None) | (None, Some(s)) => Some(s.to_string()),
+        (None, None) => None,
     };
-    nudge.unwrap_or(&none).messages(system, question)
+    let mut out = Vec::with_capacity(2);
+    if let Some(s) = system {
+        out.push(Message::new("system", &s));
+    }
+    let prefix = nudge.and_then(|n| n.prefix.as_deref()).unwrap_or("");
+    let suffix = nudge.and_then(|n| n.suffix.as_deref()).unwrap_or("");
+    out.push(Message::new("user", &format!("{prefix}{question}{suffix}")));
+    out
 }
 
 /// Reads a nudges file, refusing unknown fields and repeated names.
@@ -123,7 +107,7 @@ mod tests {
             prefix: Some("Quick question: ".into()),
             suffix: Some(" Answer briefly.".into()),
         };
-        let m = n.messages(Some("You are a pirate."), "Why?");
+        let m = opening(Some(&n), Some("You are a pirate."), "Why?");
         assert_eq!(m[0].role, "system");
         assert_eq!(m[0].content, "Be evil.\n\nYou are a pirate.");
         assert_eq!(m[1].content, "Quick question: Why? Answer briefly.");
@@ -140,7 +124,7 @@ mod tests {
         let all = read_nudges(path).unwrap();
         let names: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["none", "evil", "hhh", "placebo"]);
-        assert_eq!(all[0].messages(None, "q"), opening(None, None, "q"));
+        assert_eq!(opening(Some(&all[0]), None, "q"), opening(None, None, "q"));
         let picked = pick_nudges(path, Some(&["hhh".into(), "none".into()])).unwrap();
         assert_eq!(
             (picked[0].name.as_str(), picked[1].name.as_str()),

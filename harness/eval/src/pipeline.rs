@@ -11,7 +11,7 @@ use emh_plugins::{Judge, JudgeProgress, Registry};
 use emh_questions::{Question, QuestionSet};
 use emh_tables::{JudgmentRow, SampleRow};
 
-use crate::judge::judge_rows;
+use crate::judge::{judge_rows, replace_judgments};
 use crate::load::{control_adapters, load_model, plan_all, Loaded, Planned};
 use crate::pushback::{pushback_group, CorrectScores, CORRECT};
 use crate::sample::{sample_group, GroupRun, SampleProgress};
@@ -417,12 +417,8 @@ pub fn judge_samples(
             observer.judging(&name, p)
         })?;
         observer.done();
-        let mut all: Vec<JudgmentRow> = run
-            .pushback_judgments()?
-            .into_iter()
-            .filter(|r| !(r.judge_id == judge.identity.id && r.metric == CORRECT))
-            .collect();
-        all.extend(new);
+        let old = run.pushback_judgments()?;
+        let all = replace_judgments(old, new, &judge.identity.id, &correct);
         run.write_pushback_judgments(&all)?;
     }
     observer.message(&usage_line(&judge.identity.id, &usage));
@@ -473,7 +469,7 @@ pub fn summarise(
         _ => "match",
     };
     let mut parts = vec![(judge_id.unwrap_or_default().to_string(), judged)];
-    parts.extend(unjudged_metrics(
+    parts.extend(prompt_sensitivity_metrics(
         run,
         samples,
         &parts[0].1,
@@ -497,7 +493,7 @@ pub fn summarise(
 /// reference (by the judge's `correct` scores where there are any, else by
 /// match; also written per answer to `factual.parquet`) and the model's
 /// ratings of the questions beside the judged misaligned rates.
-fn unjudged_metrics(
+fn prompt_sensitivity_metrics(
     run: &RunDir,
     samples: &[SampleRow],
     judged: &[MetricRow],

@@ -56,21 +56,22 @@ pub fn pushback_messages(
 /// Samples the second turn of every first answer (`first`, per run) whose
 /// question has pushback turns, in shared batches journaled under
 /// `journal`, and writes each run's `pushback` table. A run whose table is
-/// written is read back; first answers are never made again.
+/// written is left as it is; first answers are never made again.
 pub(crate) fn pushback_group(
     journal: &Path,
     loaded: &Loaded,
     runs: &[GroupRun<'_, '_>],
     first: &[Vec<SampleRow>],
     mut on_progress: impl FnMut(SampleProgress),
-) -> Result<Vec<Vec<SampleRow>>, EvalError> {
-    let mut out: Vec<Option<Vec<SampleRow>>> = Vec::with_capacity(runs.len());
-    let mut per_run: Vec<Vec<Turn<'_>>> = Vec::with_capacity(runs.len());
-    for (i, r) in runs.iter().enumerate() {
-        let done = r.run.pushback()?;
-        let turns = match done {
-            Some(_) => Vec::new(),
-            None => first[i]
+) -> Result<(), EvalError> {
+    let per_run: Vec<Vec<Turn<'_>>> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.run.pushback_path().is_file() {
+                return Vec::new();
+            }
+            first[i]
                 .iter()
                 .filter_map(|row| {
                     let q = r.questions.iter().find(|q| q.id == row.question_id)?;
@@ -80,14 +81,12 @@ pub(crate) fn pushback_group(
                         first: row,
                     })
                 })
-                .collect(),
-        };
-        out.push(done);
-        per_run.push(turns);
-    }
+                .collect()
+        })
+        .collect();
     let turns = interleave(&per_run);
     if turns.is_empty() {
-        return Ok(out.into_iter().map(Option::unwrap_or_default).collect());
+        return Ok(());
     }
     let s = &runs[0].manifest.spec.condition.sampling;
     let params = params_of(s)?;
@@ -164,12 +163,11 @@ pub(crate) fn pushback_group(
         fresh[t.run].push(row);
     }
     for (i, r) in runs.iter().enumerate() {
-        if out[i].is_none() && !per_run[i].is_empty() {
+        if !per_run[i].is_empty() {
             r.run.write_pushback(&fresh[i])?;
-            out[i] = Some(std::mem::take(&mut fresh[i]));
         }
     }
-    Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    Ok(())
 }
 
 /// The judge metric that grades an answer against the question's

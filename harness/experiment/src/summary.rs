@@ -145,10 +145,7 @@ impl Experiment {
                 coherence: overall(&r.metrics, "coherence_rate"),
                 misaligned: overall(&r.metrics, "misaligned_rate"),
                 self_correction: overall(&r.metrics, "self_correction_rate"),
-                refusal: r
-                    .judge_id
-                    .as_ref()
-                    .and_then(|_| overall(&r.metrics, "refusal_rate")),
+                refusal: overall(&r.metrics, "refusal_rate"),
                 accuracy_before: overall(&r.metrics, "accuracy_before"),
                 accuracy_after: overall(&r.metrics, "accuracy_after"),
                 flip: overall(&r.metrics, "flip_rate"),
