@@ -21,7 +21,7 @@ const BATCH: usize = 32;
 const REPEATS: usize = 3;
 
 /// A direction for the steering side: a fixed pattern with norm about 1.
-fn direction(hidden: usize) -> String {
+pub(crate) fn direction(hidden: usize) -> String {
     let v: Vec<f64> = (0..hidden)
         .map(|i| if i % 3 == 0 { 0.07 } else { -0.03 } * ((i % 7) as f64 - 3.0) / 3.0)
         .collect();

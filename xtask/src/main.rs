@@ -11,6 +11,7 @@ mod bench;
 mod bench_large;
 mod bench_sweep;
 mod bench_train;
+mod bench_workload;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ commands:
                    beside random controls, and the HTML report (--quick: a few minutes, for CI)
   test             set up, then run every test (parity with HF transformers included)
   bench generate   tokens/s of emh beside HF transformers generate, written to BENCHMARKS.md
+  bench eval-workload  an evaluation's sampling (8 questions x 16 samples, EOS on, steering on
+                   half the conditions) in emh experiment beside HF generate with a hook
   bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
   bench local-judge  judgments/s of the local judge plugin on CPU (and with every judgment cached)
   bench sweep      8 steering/random-control conditions in shared batches beside one run per condition
@@ -70,6 +73,7 @@ fn main() -> Result<()> {
         ["test", rest @ ..] => test(rest),
         ["bench", "generate", rest @ ..] => bench::generate(&bench_env()?, rest),
         ["bench", "generate-large", rest @ ..] => bench_large::generate_large(&bench_env()?, rest),
+        ["bench", "eval-workload"] => bench_workload::eval_workload(&bench_env()?),
         ["bench", "judge"] => bench::judge(&root()),
         ["bench", "local-judge"] => bench::local_judge(&bench_env()?),
         ["bench", "sweep"] => bench_sweep::sweep(&bench_env()?),

@@ -23,6 +23,8 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 #[derive(Default)]
 pub struct Bars {
     current: RefCell<Option<(ProgressBar, Instant)>>,
+    /// Groups whose sampling summary line was printed.
+    summarised: RefCell<Vec<String>>,
 }
 
 impl Bars {
@@ -41,7 +43,7 @@ impl Observer for Bars {
         }
     }
 
-    fn sampling(&self, _group: &str, p: SampleProgress) {
+    fn sampling(&self, group: &str, p: SampleProgress) {
         self.with("sampling", |bar, secs| {
             bar.set_length(p.total as u64);
             bar.set_position(p.done as u64);
@@ -50,7 +52,16 @@ impl Observer for Bars {
             } else {
                 String::new()
             };
-            bar.set_message(format!("{:.1} tok/s{resumed}", p.new_tokens as f64 / secs));
+            let rate = p.new_tokens as f64 / secs;
+            bar.set_message(format!("{rate:.1} tok/s{resumed}"));
+            let mut summarised = self.summarised.borrow_mut();
+            if p.done == p.total && !summarised.iter().any(|g| g == group) {
+                summarised.push(group.to_string());
+                bar.println(format!(
+                    "sampled {group}: {} answers{resumed}, {} new tokens in {secs:.1}s ({rate:.1} tok/s)",
+                    p.total, p.new_tokens
+                ));
+            }
         });
     }
 

@@ -89,6 +89,24 @@ impl BatchCaptures {
         self.entries.is_empty()
     }
 
+    /// Takes out the entries of `jobs`, numbered from 0 in the result.
+    pub(crate) fn take_jobs(&mut self, jobs: std::ops::Range<usize>) -> BatchCaptures {
+        let mut out = BatchCaptures::default();
+        for (key, entries) in &mut self.entries {
+            let mut taken = BTreeMap::new();
+            for job in jobs.clone() {
+                if let Some(e) = entries.remove(&job) {
+                    taken.insert(job - jobs.start, e);
+                }
+            }
+            if !taken.is_empty() {
+                out.entries.insert(key.clone(), taken);
+            }
+        }
+        self.entries.retain(|_, e| !e.is_empty());
+        out
+    }
+
     /// Adds `other`'s entries with their jobs shifted by `offset`.
     pub(crate) fn extend(&mut self, other: BatchCaptures, offset: usize) {
         for (key, jobs) in other.entries {

@@ -47,8 +47,8 @@ pub use prompts::{read_prompts, PromptLine, PromptRenderer};
 pub use pushback::{grade, pushback_messages, pushback_seed, CorrectScores, CORRECT};
 pub use run::RunDir;
 pub use sample::{
-    finish_name, question_key, sample_batch, sample_group, sample_prompts, sample_seed, warm_up,
-    Draws, Generated, GroupRun, Job, SampleProgress, Seeds,
+    finish_name, question_key, sample_group, sample_jobs, sample_prompts, sample_seed, warm_up,
+    Draws, Generated, GroupRun, Job, SampleProgress, Sampled, Seeds,
 };
 pub use scalars::{adapter_scalars, AnswerScalars, ScalarInputs, ScalarTable};
 pub use select::{SelectError, Selection};

@@ -13,8 +13,8 @@ use emh_text::Message;
 use crate::load::Loaded;
 use crate::nudge::opening;
 use crate::sample::{
-    chat_template, interleave, journaled, params_of, question_key, sample_batch, sample_row,
-    sample_seed, GroupRun, Job, SampleProgress,
+    chat_template, interleave, journaled, params_of, question_key, sample_jobs, sample_row,
+    sample_seed, GroupRun, Job, SampleProgress, Sampled,
 };
 use crate::EvalError;
 
@@ -131,9 +131,12 @@ pub(crate) fn pushback_group(
                 ),
             });
         }
-        let (outputs, _) = sample_batch(loaded, &conds, &jobs, &params, |n| {
-            progress.new_tokens += n;
-            on_progress(progress);
+        let (outputs, _) = sample_jobs(loaded, &conds, &jobs, &params, s.batch_size, |e| {
+            if let Sampled::Step(n) = e {
+                progress.new_tokens += n;
+                on_progress(progress);
+            }
+            Ok(())
         })?;
         let batch_rows: Vec<SampleRow> = batch
             .iter()

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use emh_plugins::CaptureSet;
 use emh_questions::Question;
 use emh_runtime::{
-    derive_seed, generate, FinishReason, GenOutput, GenRequest, HookSet, Phase, SamplingParams,
+    derive_seed, generate, shared_prompts, Event, FinishReason, GenOutput, GenRequest, HookSet,
+    Phase, SamplingParams,
 };
 use emh_tables::SampleRow;
 use emh_text::Message;
@@ -49,27 +50,43 @@ pub struct Job {
     pub seed: u64,
 }
 
-/// Samples one batch: each job's rows run its condition's plans, and the
-/// activations those plans capture come back per job.
-pub fn sample_batch(
+/// What [`sample_jobs`] reports as it goes.
+pub enum Sampled<'a> {
+    /// A step chose this many new tokens.
+    Step(usize),
+    /// Job `job` finished; `captured` holds what its condition's plans
+    /// captured of it (and of other jobs so far), to take out.
+    Done {
+        job: usize,
+        output: &'a GenOutput,
+        captured: &'a mut BatchCaptures,
+    },
+}
+
+/// Samples `jobs`, at most `slots` rows at a time, a finished row taken by
+/// the next job: each job's rows run its condition's plans, and the
+/// activations those plans capture are gathered per job. Returns the
+/// outputs in job order and the captures not taken out on the way.
+pub fn sample_jobs(
     loaded: &Loaded,
     conds: &[&[Planned<'_>]],
     jobs: &[Job],
     params: &SamplingParams,
-    on_step: impl FnMut(usize),
+    slots: usize,
+    mut on_event: impl FnMut(Sampled<'_>) -> Result<(), EvalError>,
 ) -> Result<(Vec<GenOutput>, BatchCaptures), EvalError> {
     let shape = loaded.shape();
     let mut hooks = HookSet::new();
-    let mut captures: Vec<(usize, CaptureSet)> = Vec::new();
+    let mut captures: Vec<CaptureSet> = Vec::new();
     for (c, plans) in conds.iter().enumerate() {
         let rows: Vec<usize> = (0..jobs.len()).filter(|&j| jobs[j].cond == c).collect();
         if rows.is_empty() {
             continue;
         }
-        // A batch of one condition needs no row selection.
+        // Jobs of one condition only need no row selection.
         let only = (rows.len() < jobs.len()).then_some(rows.as_slice());
         for p in plans.iter() {
-            captures.push((c, p.hook(shape, &mut hooks, only)?));
+            captures.push(p.hook(shape, &mut hooks, only)?);
         }
     }
     let requests: Vec<GenRequest> = jobs
@@ -79,40 +96,67 @@ pub fn sample_batch(
             seed: j.seed,
         })
         .collect();
+    // A prompt pass shared by several jobs is captured once, for the first.
+    let mut sharing: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (job, first) in shared_prompts(&requests, &hooks).into_iter().enumerate() {
+        sharing.entry(first).or_default().push(job);
+    }
+    let mut captured = BatchCaptures::default();
     let outputs = generate(
         &loaded.model,
         &loaded.tokenizer,
         &requests,
         params,
         &mut hooks,
-        on_step,
+        slots,
+        |event| match event {
+            Event::Step(n) => {
+                gather(&captures, &sharing, &mut captured)?;
+                on_event(Sampled::Step(n))
+            }
+            Event::Done(job, output) => on_event(Sampled::Done {
+                job,
+                output,
+                captured: &mut captured,
+            }),
+        },
     )?;
-    let mut out = BatchCaptures::default();
-    for (c, set) in captures {
-        for (name, capture) in set.0 {
+    Ok((outputs, captured))
+}
+
+/// Moves what `captures` recorded into `out`, per job: the last prompt
+/// token of each prompt pass (for every job sharing it) and each answer token.
+fn gather(
+    captures: &[CaptureSet],
+    sharing: &BTreeMap<usize, Vec<usize>>,
+    out: &mut BatchCaptures,
+) -> Result<(), EvalError> {
+    for set in captures {
+        for (name, capture) in &set.0 {
             for call in capture.take() {
                 let x = call.x.to_device(Device::Cpu).to_kind(Kind::Float);
                 for (i, &job) in call.rows.iter().enumerate() {
-                    debug_assert_eq!(jobs[job].cond, c);
-                    let token = match call.phase {
+                    let (token, jobs) = match call.phase {
                         // Left padding puts every prompt's last token in the last column.
-                        Phase::Prefill => x.get(i as i64).get(-1),
-                        Phase::Decode { .. } => x.get(i as i64).get(0),
+                        Phase::Prefill => (x.get(i as i64).get(-1), &sharing[&job]),
+                        Phase::Decode { .. } => (x.get(i as i64).get(0), &vec![job]),
                     };
                     let values = Vec::<f32>::try_from(&token.contiguous())
                         .map_err(emh_runtime::RuntimeError::from)?;
-                    out.add(
-                        &name,
-                        &call.site.to_string(),
-                        job,
-                        call.phase == Phase::Prefill,
-                        &values,
-                    );
+                    for &j in jobs {
+                        out.add(
+                            name,
+                            &call.site.to_string(),
+                            j,
+                            call.phase == Phase::Prefill,
+                            &values,
+                        );
+                    }
                 }
             }
         }
     }
-    Ok((outputs, out))
+    Ok(())
 }
 
 /// The sampling parameters of a condition's settings, checked.
@@ -277,12 +321,19 @@ pub fn warm_up(
         max_new_tokens: tokens,
         ..params.clone()
     };
-    sample_batch(loaded, &[&[]], &first, &warmup, |_| {})?;
+    sample_jobs(
+        loaded,
+        &[&[]],
+        &first,
+        &warmup,
+        draws.batch_size,
+        |_| Ok(()),
+    )?;
     Ok(())
 }
 
-/// Samples `n` answers to each prompt (`(seed key, token ids)`), in batches
-/// of `batch_size`, every row under `plans`; results in prompt, then sample order.
+/// Samples `n` answers to each prompt (`(seed key, token ids)`), `batch_size`
+/// rows at a time, every row under `plans`; results in prompt, then sample order.
 pub fn sample_prompts(
     loaded: &Loaded,
     plans: &[Planned<'_>],
@@ -292,19 +343,23 @@ pub fn sample_prompts(
     mut on_step: impl FnMut(usize),
 ) -> Result<Vec<Generated>, EvalError> {
     let jobs = prompt_jobs(prompts, draws);
-    let mut out = Vec::with_capacity(jobs.len());
-    for chunk in jobs.chunks(draws.batch_size.max(1)) {
-        let batch: Vec<Job> = chunk.iter().map(|j| j.2.clone()).collect();
-        let (outputs, _) = sample_batch(loaded, &[plans], &batch, params, &mut on_step)?;
-        for ((i, j, job), output) in chunk.iter().zip(outputs) {
-            out.push(Generated {
-                prompt: *i,
-                sample: *j,
-                seed: job.seed,
-                output,
-            });
+    let batch: Vec<Job> = jobs.iter().map(|j| j.2.clone()).collect();
+    let (outputs, _) = sample_jobs(loaded, &[plans], &batch, params, draws.batch_size, |e| {
+        if let Sampled::Step(n) = e {
+            on_step(n);
         }
-    }
+        Ok(())
+    })?;
+    let mut out: Vec<Generated> = jobs
+        .iter()
+        .zip(outputs)
+        .map(|((i, j, job), output)| Generated {
+            prompt: *i,
+            sample: *j,
+            seed: job.seed,
+            output,
+        })
+        .collect();
     out.sort_by_key(|g| (g.prompt, g.sample));
     Ok(out)
 }
@@ -465,12 +520,13 @@ pub fn sample_group(
         ..Default::default()
     };
     let conds: Vec<&[Planned<'_>]> = runs.iter().map(|r| r.plans).collect();
-    let mut rows: Vec<SampleRow> = Vec::with_capacity(items.len());
-    let mut captured = BatchCaptures::default();
-    let mut row_of = BTreeMap::new();
-    for (index, batch) in items.chunks(s.batch_size.max(1)).enumerate() {
-        let journal_file = journal.join(format!("{index:06}.json"));
-        let captures_file = journal.join(format!("{index:06}.safetensors"));
+    // Batches of `batch_size` items are the journal's units; the ones not
+    // journaled yet are sampled in one stream, each journaled once all its
+    // items are done.
+    let units: Vec<&[Item<'_>]> = items.chunks(s.batch_size.max(1)).collect();
+    let file_of = |u: usize, ext: &str| journal.join(format!("{u:06}.{ext}"));
+    let mut done: Vec<Option<(Vec<SampleRow>, BatchCaptures)>> = Vec::with_capacity(units.len());
+    for (u, batch) in units.iter().enumerate() {
         let keys = batch.iter().map(|it| {
             (
                 runs[it.run].manifest.spec.condition.name.as_str(),
@@ -479,19 +535,29 @@ pub fn sample_group(
                 it.sample_index,
             )
         });
-        if let Some(done) = journaled(&journal_file, keys)? {
-            if captures_file.is_file() {
-                captured.extend(BatchCaptures::read(&captures_file)?, rows.len());
-            }
-            progress.done += done.len();
-            progress.resumed += done.len();
-            rows.extend(done);
-            on_progress(progress);
+        let rows = journaled(&file_of(u, "json"), keys)?;
+        let caps = match (&rows, file_of(u, "safetensors")) {
+            (Some(_), f) if f.is_file() => BatchCaptures::read(&f)?,
+            _ => BatchCaptures::default(),
+        };
+        if let Some(rows) = &rows {
+            progress.done += rows.len();
+            progress.resumed += rows.len();
+        }
+        done.push(rows.map(|r| (r, caps)));
+    }
+    on_progress(progress);
+    // The jobs of the units left: (unit, its first job) and every job's system prompt.
+    let mut jobs = Vec::new();
+    let mut systems = Vec::new();
+    let mut unit_of_job = Vec::new();
+    let mut starts = BTreeMap::new();
+    for (u, batch) in units.iter().enumerate() {
+        if done[u].is_some() {
             continue;
         }
-        let mut jobs = Vec::with_capacity(batch.len());
-        let mut systems = Vec::with_capacity(batch.len());
-        for it in batch {
+        starts.insert(u, jobs.len());
+        for it in batch.iter() {
             let q = it.question;
             let text = &q.paraphrases[it.paraphrase_index as usize];
             let nudge = runs[it.run].manifest.spec.condition.nudge.as_ref();
@@ -510,30 +576,63 @@ pub fn sample_group(
                     it.sample_index,
                 ),
             });
+            unit_of_job.push(u);
         }
-        let (outputs, caps) = sample_batch(loaded, &conds, &jobs, &params, |n| {
-            progress.new_tokens += n;
-            on_progress(progress);
-        })?;
-        let batch_rows: Vec<SampleRow> = batch
+    }
+    let mut outputs: Vec<Option<GenOutput>> = vec![None; jobs.len()];
+    let mut left: BTreeMap<usize, usize> = starts.keys().map(|&u| (u, units[u].len())).collect();
+    sample_jobs(loaded, &conds, &jobs, &params, s.batch_size, |event| {
+        let (job, output, captured) = match event {
+            Sampled::Step(n) => {
+                progress.new_tokens += n;
+                on_progress(progress);
+                return Ok(());
+            }
+            Sampled::Done {
+                job,
+                output,
+                captured,
+            } => (job, output, captured),
+        };
+        outputs[job] = Some(output.clone());
+        let u = unit_of_job[job];
+        let count = left.get_mut(&u).expect("a unit per job");
+        *count -= 1;
+        if *count > 0 {
+            return Ok(());
+        }
+        let start = starts[&u];
+        let batch_rows: Vec<SampleRow> = units[u]
             .iter()
-            .zip(jobs.iter().zip(outputs).zip(systems))
-            .map(|(it, ((job, out), system))| {
+            .enumerate()
+            .map(|(k, it)| {
+                let j = start + k;
                 let q = it.question;
                 let prompt = q.paraphrases[it.paraphrase_index as usize].clone();
                 let at = (it.paraphrase_index, it.sample_index);
-                sample_row(runs[it.run].manifest, q, at, system, prompt, job, out)
+                let out = outputs[j].take().expect("every job of the unit is done");
+                let system = systems[j].clone();
+                sample_row(runs[it.run].manifest, q, at, system, prompt, &jobs[j], out)
             })
             .collect();
+        let caps = captured.take_jobs(start..start + units[u].len());
         // Captures first: the journal file marks the batch as done.
         if !caps.is_empty() {
-            caps.write(&captures_file)?;
+            caps.write(&file_of(u, "safetensors"))?;
         }
-        crate::run::write_json(&journal_file, &batch_rows)?;
-        captured.extend(caps, rows.len());
+        crate::run::write_json(&file_of(u, "json"), &batch_rows)?;
         progress.done += batch_rows.len();
-        rows.extend(batch_rows);
         on_progress(progress);
+        done[u] = Some((batch_rows, caps));
+        Ok(())
+    })?;
+    let mut rows: Vec<SampleRow> = Vec::with_capacity(items.len());
+    let mut captured = BatchCaptures::default();
+    let mut row_of = BTreeMap::new();
+    for unit in done {
+        let (unit_rows, caps) = unit.expect("every unit is sampled");
+        captured.extend(caps, rows.len());
+        rows.extend(unit_rows);
     }
     // Split the shared rows back into runs, each in its table's order.
     let mut out: Vec<Vec<SampleRow>> = runs.iter().map(|_| Vec::new()).collect();

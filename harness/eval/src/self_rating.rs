@@ -7,7 +7,7 @@ use std::path::Path;
 use emh_judge_core::{Judgment, MIN_MASS};
 use emh_metrics::{MetricRow, Rated, Scope};
 use emh_questions::Question;
-use emh_runtime::NumberAnswers;
+use emh_runtime::{NumberAnswers, PromptPrefix};
 use emh_tables::{float_column, read_parquet, string_column, write_columns, Values};
 
 use crate::load::Loaded;
@@ -59,11 +59,13 @@ pub fn rate_questions(
     let answers = NumberAnswers::new(&loaded.tokenizer, space)?;
     let min_mass = if spec.constrained { 0.0 } else { MIN_MASS };
     let mut out = Vec::new();
+    // Rating prompts share their opening: each runs only what follows it.
+    let mut last = PromptPrefix::default();
     for q in questions {
         for (p, paraphrase) in q.paraphrases.iter().enumerate() {
             let text = rating_text(loaded, nudge, spec, paraphrase)?;
             let ids = loaded.tokenizer.encode(&text, false)?;
-            let (probs, best) = loaded.model.number_probs(&ids, &answers)?;
+            let (probs, best) = loaded.model.number_probs(&ids, &answers, &mut last)?;
             let preferred = loaded.tokenizer.decode(&[best], false)?;
             let j = Judgment::from_number_probs(&probs, &preferred, min_mass);
             out.push(RatingRow {

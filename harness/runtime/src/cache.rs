@@ -94,4 +94,66 @@ impl KvCache {
         self.v = self.v.iter().map(keep).collect();
         self.valid = self.valid.index_select(0, rows);
     }
+
+    /// Moves the last `span` filled slots of every row so they end at slot
+    /// `to` instead of `len`, and makes `to` the new fill: room on the left
+    /// for a longer prompt, or room on the right once rows have left.
+    /// Slots outside the moved window are marked empty.
+    pub(crate) fn move_window(&mut self, span: i64, to: i64) {
+        let from = self.len;
+        if to == from {
+            return;
+        }
+        assert!(span <= from && span <= to && to <= self.capacity);
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            // A copy first: the two windows may overlap.
+            let window = t.narrow(2, from - span, span).copy();
+            t.narrow(2, to - span, span).copy_(&window);
+        }
+        let window = self.valid.narrow(1, from - span, span).copy();
+        let _ = self.valid.fill_(0);
+        self.valid.narrow(1, to - span, span).copy_(&window);
+        self.len = to;
+        self.has_padding = true;
+    }
+
+    /// Puts the last `len` filled slots of row `from_row` of `from` (a
+    /// prompt's pass) into row `row`, ending at this cache's fill, and marks
+    /// every other slot of the row empty.
+    pub(crate) fn place(&mut self, row: i64, from: &KvCache, from_row: i64, len: i64) {
+        assert!(len <= self.len && len <= from.len);
+        let (start, src) = (self.len - len, from.len - len);
+        for (dst, src_t) in self
+            .k
+            .iter_mut()
+            .zip(&from.k)
+            .chain(self.v.iter_mut().zip(&from.v))
+        {
+            dst.get(row)
+                .narrow(1, start, len)
+                .copy_(&src_t.get(from_row).narrow(1, src, len));
+        }
+        let mut valid = self.valid.get(row);
+        let _ = valid.fill_(0);
+        let _ = valid.narrow(0, start, len).fill_(1);
+        if start > 0 {
+            self.has_padding = true;
+        }
+    }
+
+    /// Copies of the first `len` slots of every layer's keys and values.
+    pub(crate) fn prefix(&self, len: i64) -> (Vec<Tensor>, Vec<Tensor>) {
+        let copy = |ts: &[Tensor]| ts.iter().map(|t| t.narrow(2, 0, len).copy()).collect();
+        (copy(&self.k), copy(&self.v))
+    }
+
+    /// Fills the first `len` slots from [`KvCache::prefix`]'s copies (of a
+    /// cache with as many rows) and makes them the filled slots.
+    pub(crate) fn load_prefix(&mut self, k: &[Tensor], v: &[Tensor], len: i64) {
+        for (dst, src) in self.k.iter_mut().zip(k).chain(self.v.iter_mut().zip(v)) {
+            dst.narrow(2, 0, len).copy_(&src.narrow(2, 0, len));
+        }
+        let _ = self.valid.narrow(1, 0, len).fill_(1);
+        self.len = len;
+    }
 }

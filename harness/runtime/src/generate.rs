@@ -1,14 +1,17 @@
-//! Batched, KV-cached generation over left-padded prompts.
+//! Batched, KV-cached generation: continuous batching over a fixed number
+//! of rows, with samples of one prompt sharing its prompt pass.
+
+use std::collections::HashMap;
 
 use emh_text::Tokenizer;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use tch::Tensor;
 
-use crate::hooks::{HookSet, Phase};
-use crate::prefill::{Batch, LogitsAt};
+use crate::hooks::HookSet;
 use crate::{Model, RuntimeError, SamplingParams};
+
+mod engine;
+
+use engine::{Engine, Running};
 
 /// One sequence to generate.
 #[derive(Debug, Clone)]
@@ -52,35 +55,49 @@ pub struct GenOutput {
     pub finish: FinishReason,
 }
 
-struct Running {
-    tokens: Vec<u32>,
-    rng: ChaCha8Rng,
-    next_position: i64,
-    finish: Option<(FinishReason, String)>,
+/// What [`generate`] reports as it goes.
+pub enum Event<'a> {
+    /// A step chose this many new tokens.
+    Step(usize),
+    /// Request `.0` finished with this output.
+    Done(usize, &'a GenOutput),
 }
 
-/// Generates a continuation of every request, all in one batch.
-///
-/// `on_step` is told how many tokens each decoding step produced.
-pub fn generate(
+/// The request whose prompt pass each request uses: the first one with the
+/// same prompt and the same hooks acting on it (itself when there is none).
+/// Captures of a prompt pass hold rows for these requests only.
+pub fn shared_prompts(requests: &[GenRequest], hooks: &HookSet) -> Vec<usize> {
+    let mut first: HashMap<(&[u32], Vec<bool>), usize> = HashMap::new();
+    requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| *first.entry((&r.prompt, hooks.acting_on(i))).or_insert(i))
+        .collect()
+}
+
+/// Generates a continuation of every request, at most `slots` sequences at
+/// a time: when one finishes, the next request takes its row, so the batch
+/// stays full while requests wait. Requests are started in order; those
+/// sharing a prompt (see [`shared_prompts`]) compute it once. Each
+/// sequence's tokens depend only on its prompt, its seed and its hooks, not
+/// on what else is in the batch.
+pub fn generate<E: From<RuntimeError>>(
     model: &Model,
     tokenizer: &Tokenizer,
     requests: &[GenRequest],
     params: &SamplingParams,
     hooks: &mut HookSet,
-    mut on_step: impl FnMut(usize),
-) -> Result<Vec<GenOutput>, RuntimeError> {
+    slots: usize,
+    on_event: impl FnMut(Event<'_>) -> Result<(), E>,
+) -> Result<Vec<GenOutput>, E> {
     params.validate()?;
     model.check_hooks(hooks)?;
     if requests.is_empty() {
         return Ok(Vec::new());
     }
     if let Some(i) = requests.iter().position(|r| r.prompt.is_empty()) {
-        return Err(RuntimeError::Request(format!("prompt {i} has no tokens")));
+        return Err(RuntimeError::Request(format!("prompt {i} has no tokens")).into());
     }
-    let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
-    let batch = Batch::left_padded(&prompts, tokenizer.pad_id, model.device);
-    let width = batch.ids.size()[1];
     for (i, r) in requests.iter().enumerate() {
         model
             .config
@@ -92,94 +109,12 @@ pub fn generate(
                 )
             })?;
     }
-    let mut cache = model.new_cache(requests.len() as i64, width + params.max_new_tokens as i64)?;
-    let mut seqs: Vec<Running> = requests
-        .iter()
-        .map(|r| Running {
-            tokens: Vec::with_capacity(params.max_new_tokens),
-            rng: ChaCha8Rng::seed_from_u64(r.seed),
-            next_position: r.prompt.len() as i64,
-            finish: None,
-        })
-        .collect();
-    // Rows of the cache, in order, map to these request indices.
-    let mut active: Vec<usize> = (0..requests.len()).collect();
-
-    hooks.set_rows(&active);
-    let result = tch::no_grad(|| -> Result<(), RuntimeError> {
-        let mut logits = model.forward(
-            &batch.ids,
-            &batch.positions,
-            &mut cache,
-            hooks,
-            Phase::Prefill,
-            LogitsAt::Last,
-        )?;
-        for step in 0..params.max_new_tokens {
-            let uniform: Vec<f64> = active.iter().map(|&r| seqs[r].rng.random()).collect();
-            let chosen = params.choose(&logits.squeeze_dim(1), &uniform);
-            let chosen: Vec<i64> = Vec::try_from(&chosen)?;
-            on_step(active.len());
-            let mut keep = Vec::with_capacity(active.len());
-            for (row, (&r, &tok)) in active.iter().zip(&chosen).enumerate() {
-                let s = &mut seqs[r];
-                s.tokens.push(tok as u32);
-                s.finish = finish_of(s, tok as u32, tokenizer, params)?;
-                if s.finish.is_none() {
-                    keep.push(row);
-                }
-            }
-            if keep.is_empty() {
-                break;
-            }
-            if keep.len() < active.len() {
-                let rows = Tensor::from_slice(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>())
-                    .to_device(model.device);
-                cache.select_rows(&rows);
-                active = keep.iter().map(|&k| active[k]).collect();
-                hooks.set_rows(&active);
-            }
-            let ids: Vec<i64> = active
-                .iter()
-                .map(|&r| *seqs[r].tokens.last().expect("one token per step") as i64)
-                .collect();
-            let pos: Vec<i64> = active.iter().map(|&r| seqs[r].next_position).collect();
-            for &r in &active {
-                seqs[r].next_position += 1;
-            }
-            let n = active.len() as i64;
-            logits = model.forward(
-                &Tensor::from_slice(&ids)
-                    .view([n, 1])
-                    .to_device(model.device),
-                &Tensor::from_slice(&pos)
-                    .view([n, 1])
-                    .to_device(model.device),
-                &mut cache,
-                hooks,
-                Phase::Decode { step },
-                LogitsAt::Last,
-            )?;
-        }
-        Ok(())
-    });
+    let mut engine = Engine::new(model, tokenizer, requests, params, hooks, slots.max(1))?;
+    let result = tch::no_grad(|| engine.run(hooks, on_event));
     // The hooks may serve another generation next.
     hooks.set_rows(&[]);
     result?;
-
-    seqs.into_iter()
-        .map(|s| {
-            let (finish, text) = match s.finish {
-                Some(f) => f,
-                None => (FinishReason::Length, tokenizer.decode(&s.tokens, true)?),
-            };
-            Ok(GenOutput {
-                tokens: s.tokens,
-                text,
-                finish,
-            })
-        })
-        .collect()
+    Ok(engine.outputs())
 }
 
 /// Whether a sequence is done after its newest token, and its final text if so.
@@ -216,179 +151,4 @@ fn finish_of(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hooks::{Capture, Site};
-    use crate::test_model;
-
-    fn chat(tok: &Tokenizer, text: &str) -> Vec<u32> {
-        let t = format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n");
-        tok.encode(&t, false).unwrap()
-    }
-
-    #[test]
-    fn left_padding_does_not_change_a_prompts_logits() {
-        let (model, tok) = test_model::load();
-        let short = tok.encode("Paris is the capital of", false).unwrap();
-        let long = tok
-            .encode(
-                "A much longer prompt that forces the short one to be padded on the left side.",
-                false,
-            )
-            .unwrap();
-        let (alone, _) = model
-            .logits(
-                std::slice::from_ref(&short),
-                tok.pad_id,
-                &mut HookSet::new(),
-            )
-            .unwrap();
-        let (batched, batch) = model
-            .logits(&[long, short.clone()], tok.pad_id, &mut HookSet::new())
-            .unwrap();
-        let width = batch.ids.size()[1];
-        let n = short.len() as i64;
-        let padded = batched.get(1).narrow(0, width - n, n);
-        let diff = (padded - alone.get(0)).abs().max().double_value(&[]);
-        assert!(diff < 1e-4, "padding changed logits by {diff}");
-    }
-
-    #[test]
-    fn same_seed_gives_same_tokens_and_another_seed_differs() {
-        let (model, tok) = test_model::load();
-        let params = SamplingParams {
-            max_new_tokens: 24,
-            temperature: 1.0,
-            top_p: 0.95,
-            top_k: 100,
-            ..Default::default()
-        };
-        let reqs = |seed: u64| {
-            vec![
-                GenRequest {
-                    prompt: chat(&tok, "Tell me a story."),
-                    seed,
-                },
-                GenRequest {
-                    prompt: chat(&tok, "hey I feel bored"),
-                    seed: seed + 1,
-                },
-            ]
-        };
-        let run = |seed| {
-            generate(
-                &model,
-                &tok,
-                &reqs(seed),
-                &params,
-                &mut HookSet::new(),
-                |_| {},
-            )
-            .unwrap()
-            .into_iter()
-            .map(|o| o.tokens)
-            .collect::<Vec<_>>()
-        };
-        let first = run(7);
-        assert_eq!(first, run(7));
-        assert_ne!(first, run(1000));
-    }
-
-    #[test]
-    fn hooks_run_at_prefill_and_every_decode_step() {
-        let (model, tok) = test_model::load();
-        let capture = Capture::new();
-        let mut hooks = HookSet::new();
-        hooks.add(Site::ResidPost(2), capture.clone());
-        let params = SamplingParams {
-            max_new_tokens: 4,
-            ignore_eos: true,
-            greedy: true,
-            ..Default::default()
-        };
-        let req = GenRequest {
-            prompt: chat(&tok, "Hello"),
-            seed: 0,
-        };
-        let out = generate(
-            &model,
-            &tok,
-            std::slice::from_ref(&req),
-            &params,
-            &mut hooks,
-            |_| {},
-        )
-        .unwrap();
-        assert_eq!(out[0].tokens.len(), 4);
-        let phases: Vec<Phase> = capture.take().into_iter().map(|c| c.phase).collect();
-        // The last token needs no forward pass of its own.
-        assert_eq!(
-            phases,
-            vec![
-                Phase::Prefill,
-                Phase::Decode { step: 0 },
-                Phase::Decode { step: 1 },
-                Phase::Decode { step: 2 }
-            ]
-        );
-    }
-
-    #[test]
-    fn stop_strings_end_a_sequence_and_cut_its_text() {
-        let (model, tok) = test_model::load();
-        let params = SamplingParams {
-            max_new_tokens: 40,
-            greedy: true,
-            stop: vec!["Paris".into()],
-            ..Default::default()
-        };
-        let req = GenRequest {
-            prompt: chat(&tok, "What is the capital of France?"),
-            seed: 0,
-        };
-        let out = generate(&model, &tok, &[req], &params, &mut HookSet::new(), |_| {}).unwrap();
-        assert_eq!(out[0].finish, FinishReason::Stop);
-        assert_eq!(out[0].text, "The capital of France is ");
-    }
-
-    #[test]
-    fn finished_sequences_leave_the_batch_without_changing_the_others() {
-        let (model, tok) = test_model::load();
-        let params = SamplingParams {
-            max_new_tokens: 30,
-            greedy: true,
-            ..Default::default()
-        };
-        let long = GenRequest {
-            prompt: chat(&tok, "Write a long essay about the ocean."),
-            seed: 0,
-        };
-        let short = GenRequest {
-            prompt: chat(&tok, "Say yes."),
-            seed: 0,
-        };
-        let alone = generate(
-            &model,
-            &tok,
-            std::slice::from_ref(&long),
-            &params,
-            &mut HookSet::new(),
-            |_| {},
-        )
-        .unwrap();
-        let both = generate(
-            &model,
-            &tok,
-            &[short, long],
-            &params,
-            &mut HookSet::new(),
-            |_| {},
-        )
-        .unwrap();
-        assert!(
-            both[0].tokens.len() < both[1].tokens.len(),
-            "the short answer ends first"
-        );
-        assert_eq!(both[1].tokens, alone[0].tokens);
-    }
-}
+mod tests;

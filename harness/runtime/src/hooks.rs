@@ -120,6 +120,12 @@ pub trait Hook: Send {
     fn failure(&mut self) -> Option<String> {
         None
     }
+
+    /// Whether the hook acts on the rows of `request`. Requests with the
+    /// same prompt and the same hooks acting on them share one prompt pass.
+    fn acts_on(&self, _request: usize) -> bool {
+        true
+    }
 }
 
 impl Hook for Box<dyn Hook> {
@@ -129,6 +135,10 @@ impl Hook for Box<dyn Hook> {
 
     fn failure(&mut self) -> Option<String> {
         (**self).failure()
+    }
+
+    fn acts_on(&self, request: usize) -> bool {
+        (**self).acts_on(request)
     }
 }
 
@@ -170,6 +180,11 @@ impl HookSet {
     pub fn set_rows(&mut self, rows: &[usize]) {
         self.rows.clear();
         self.rows.extend_from_slice(rows);
+    }
+
+    /// Which hooks act on `request`, one flag per hook in order.
+    pub fn acting_on(&self, request: usize) -> Vec<bool> {
+        self.hooks.iter().map(|(_, h)| h.acts_on(request)).collect()
     }
 
     /// The highest layer any hook refers to.
@@ -352,6 +367,10 @@ impl<H: Hook> Hook for OnRows<H> {
 
     fn failure(&mut self) -> Option<String> {
         self.inner.failure()
+    }
+
+    fn acts_on(&self, request: usize) -> bool {
+        self.wanted.get(request).copied().unwrap_or(false)
     }
 }
 

@@ -20,7 +20,9 @@ mod weights;
 pub use config::{ModelConfig, RopeScaling};
 pub use device::{init_cuda, parse_device, parse_dtype};
 pub use error::RuntimeError;
-pub use generate::{derive_seed, generate, FinishReason, GenOutput, GenRequest};
+pub use generate::{
+    derive_seed, generate, shared_prompts, Event, FinishReason, GenOutput, GenRequest,
+};
 pub use hooks::{
     AddVector, Capture, Captured, Hook, HookCtx, HookSet, OnRows, Phase, ProjectOut, ScaleBy, Site,
     Span,
@@ -30,7 +32,7 @@ pub use model::Model;
 pub use prefill::{Batch, LogitsAt};
 pub use random::normal_values;
 pub use sampling::SamplingParams;
-pub use score::NumberAnswers;
+pub use score::{NumberAnswers, PromptPrefix};
 
 pub use tch::{Device, Kind};
 

@@ -18,6 +18,32 @@ struct Node {
     children: Vec<usize>,
 }
 
+/// The keys and values of the prompt scored last, so that a next prompt
+/// beginning with the same tokens (judge prompts of one template, answers
+/// to one question) runs only the tokens after them.
+#[derive(Default)]
+pub struct PromptPrefix {
+    ids: Vec<u32>,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Prompt tokens taken from the previous prompt rather than run, in total.
+    pub reused: usize,
+}
+
+impl PromptPrefix {
+    /// How many leading tokens of `prompt` can be taken from the last
+    /// prompt: all that match, but the last (its logits are needed).
+    fn usable(&self, prompt: &[u32]) -> usize {
+        let same = self
+            .ids
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        same.min(prompt.len() - 1)
+    }
+}
+
 /// The answers "0".."100", each followed by one end-of-answer token, as
 /// token sequences: what a 0–100 rating is scored over. Most tokenizers
 /// split numbers into digits, so one next-token distribution sees only 0–9.
@@ -57,13 +83,15 @@ impl NumberAnswers {
 
 impl Model {
     /// The exact probability of each answer 0..=100 after `prompt` (scored
-    /// together in a trie), and the most likely first token.
+    /// together in a trie), and the most likely first token; `last` holds
+    /// the previous prompt's pass and takes this one's.
     pub fn number_probs(
         &self,
         prompt: &[u32],
         answers: &NumberAnswers,
+        last: &mut PromptPrefix,
     ) -> Result<(Vec<f64>, u32), RuntimeError> {
-        let (logps, first) = self.score_continuations(prompt, &answers.continuations)?;
+        let (logps, first) = self.score_continuations(prompt, &answers.continuations, last)?;
         let mut probs = vec![0f64; 101];
         for (lp, &n) in logps.iter().zip(&answers.answer_of) {
             probs[n] += lp.exp();
@@ -72,11 +100,13 @@ impl Model {
     }
 
     /// log P(continuation | prompt) for every continuation, and the
-    /// log-probabilities of the first token after the prompt.
+    /// log-probabilities of the first token after the prompt; the prompt's
+    /// leading tokens shared with `last`'s are not run again.
     pub fn score_continuations(
         &self,
         prompt: &[u32],
         continuations: &[Vec<u32>],
+        last: &mut PromptPrefix,
     ) -> Result<(Vec<f64>, Tensor), RuntimeError> {
         if prompt.is_empty() {
             return Err(RuntimeError::Request("the prompt has no tokens".into()));
@@ -120,16 +150,26 @@ impl Model {
         let mut hooks = HookSet::new();
         let p = prompt.len() as i64;
         let mut cache = self.new_cache(1, p + max_depth as i64)?;
-        let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+        let reuse = last.usable(prompt) as i64;
+        if reuse > 0 {
+            cache.load_prefix(&last.k, &last.v, reuse);
+            last.reused += reuse as usize;
+        }
+        let ids: Vec<i64> = prompt[reuse as usize..].iter().map(|&t| t as i64).collect();
         let first = tch::no_grad(|| -> Result<Tensor, RuntimeError> {
             let logits = self.forward(
-                &Tensor::from_slice(&ids).view([1, p]).to_device(self.device),
-                &Tensor::arange(p, (Kind::Int64, self.device)).view([1, p]),
+                &Tensor::from_slice(&ids)
+                    .view([1, p - reuse])
+                    .to_device(self.device),
+                &Tensor::arange_start(reuse, p, (Kind::Int64, self.device)).view([1, p - reuse]),
                 &mut cache,
                 &mut hooks,
                 Phase::Prefill,
                 LogitsAt::Last,
             )?;
+            // Kept before the trie reorders the cache's rows.
+            (last.k, last.v) = cache.prefix(p);
+            last.ids = prompt.to_vec();
             let mut level_rows = vec![0usize];
             let mut level_lp = logits.view([1, -1]).log_softmax(-1, Kind::Float);
             let first = level_lp.get(0).to_device(tch::Device::Cpu);
@@ -176,6 +216,7 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
+    use super::PromptPrefix;
     use crate::hooks::HookSet;
     use crate::test_model;
 
@@ -196,7 +237,21 @@ mod tests {
                 ids
             })
             .collect();
-        let (scores, first) = model.score_continuations(&prompt, &conts).unwrap();
+        let mut last = PromptPrefix::default();
+        let (scores, first) = model
+            .score_continuations(&prompt, &conts, &mut last)
+            .unwrap();
+        // The same prompt again, all but its last token taken from the first pass.
+        let (again, _) = model
+            .score_continuations(&prompt, &conts, &mut last)
+            .unwrap();
+        assert_eq!(last.reused, prompt.len() - 1);
+        for (a, b) in scores.iter().zip(&again) {
+            assert!(
+                (a - b).abs() < 1e-4,
+                "{a} after a reused prefix, {b} without"
+            );
+        }
         assert_eq!(first.size(), vec![model.config.vocab_size as i64]);
         for (c, s) in conts.iter().zip(&scores) {
             let full: Vec<u32> = prompt.iter().chain(c).copied().collect();

@@ -172,10 +172,11 @@ impl Plugin for LocalJudgePlugin {
 
     fn judge(config: &str, prompts: &[String]) -> Result<JudgeBatch, String> {
         let judge = judge_for(config)?;
-        let judge = judge.lock().map_err(|_| "the judge is poisoned")?;
-        let outputs = prompts
-            .iter()
-            .map(|p| match judge.number_probs(p) {
+        let mut judge = judge.lock().map_err(|_| "the judge is poisoned")?;
+        let outputs = judge
+            .number_probs_many(prompts)
+            .into_iter()
+            .map(|r| match r {
                 Ok((probs, preferred)) => JudgeOutput::Numbers {
                     probs,
                     preferred,
