@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use crate::{checked, Env};
 
 const NEW_TOKENS: usize = 128;
+/// The file name of the default model's GGUF, for the section's text.
+const MODEL_GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Both sides first generate this many tokens for the same batch, untimed,
 /// so that one-time start-up costs stay out of both figures.
 pub(crate) const WARMUP_TOKENS: usize = 4;
@@ -89,6 +91,53 @@ pub(crate) fn run_hf(env: &Env, r: &GenRun) -> Result<serde_json::Value> {
     json_line(&mut cmd)
 }
 
+/// The llama-cpp-python release the bench builds.
+const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
+
+/// Installs llama-cpp-python into the bench's Python on first use, built
+/// from source for this processor (`GGML_NATIVE`: the vector instructions
+/// it has), as a user building llama.cpp for speed would.
+fn ensure_llama_cpp(env: &Env) -> Result<()> {
+    let present = Command::new(&env.python)
+        .args(["-c", "import llama_cpp"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("bench: building {LLAMA_CPP_PYTHON} from source (several minutes, once)");
+    crate::run(
+        Command::new(&env.python)
+            .args(["-m", "pip", "install", "--no-binary", "llama-cpp-python"])
+            .arg(LLAMA_CPP_PYTHON)
+            .env("CMAKE_ARGS", "-DGGML_NATIVE=ON")
+            .env("CMAKE_BUILD_PARALLEL_LEVEL", cores().to_string()),
+    )
+}
+
+/// The processor's cores, which every side of a CPU benchmark uses.
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// What `llama_bench.py` measured on the default model's GGUF at batch 1.
+fn run_llama(env: &Env, prompts: &Path, gguf: &Path) -> Result<serde_json::Value> {
+    let mut cmd = Command::new(&env.python);
+    cmd.arg(env.root.join("xtask/python/llama_bench.py"))
+        .arg("--gguf")
+        .arg(gguf)
+        .arg("--model")
+        .arg(&env.model_dir)
+        .arg("--prompts")
+        .arg(prompts)
+        .args(["--max-new-tokens", &NEW_TOKENS.to_string()])
+        .args(["--threads", &cores().to_string()])
+        .args(["--warmup-tokens", &WARMUP_TOKENS.to_string()]);
+    json_line(&mut cmd)
+}
+
 /// The JSON object a helper script prints as its last line.
 pub(crate) fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
     let stdout = String::from_utf8(checked(cmd)?.stdout)?;
@@ -132,10 +181,7 @@ pub(crate) fn machine() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    format!("{cpu}, {cores} cores")
+    format!("{cpu}, {} cores", cores())
 }
 
 fn today() -> String {
@@ -154,8 +200,17 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
         ["--device", d] => d,
         _ => bail!("usage: cargo xtask bench generate [--device cpu|cuda]"),
     };
+    // llama.cpp runs the GGUF the default model was imported from, on CPU
+    // at batch 1 (its Python API generates one sequence at a time).
+    let gguf = if device == "cpu" {
+        ensure_llama_cpp(env)?;
+        Some(crate::default_gguf(&env.python)?)
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     let mut versions = serde_json::Value::Null;
+    let mut llama_version = serde_json::Value::Null;
     for batch in [1usize, 16] {
         let file = cycled_prompts(env, batch)?;
         let run = GenRun {
@@ -166,7 +221,7 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
             device,
             random_bf16: false,
         };
-        let (mut ours, mut hf) = (Vec::new(), Vec::new());
+        let (mut ours, mut hf, mut llama) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=REPEATS {
             ours.push(run_emh(env, &run)?);
             versions = run_hf(env, &run)?;
@@ -175,13 +230,22 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
                     .as_f64()
                     .context("hf_bench.py printed no tok_per_s")?,
             );
-            eprintln!(
+            let mut line = format!(
                 "bench: batch {batch}, round {round}: emh {:.1} tok/s, HF {:.1} tok/s",
                 ours[round - 1],
                 hf[round - 1]
             );
+            if let (1, Some(gguf)) = (batch, &gguf) {
+                llama_version = run_llama(env, &file, gguf)?;
+                let rate = llama_version["tok_per_s"]
+                    .as_f64()
+                    .context("llama_bench.py printed no tok_per_s")?;
+                llama.push(rate);
+                line.push_str(&format!(", llama.cpp {rate:.1} tok/s"));
+            }
+            eprintln!("{line}");
         }
-        rows.push((batch, ours, hf));
+        rows.push((batch, ours, hf, llama));
     }
     let header = format!("## generate: SmolLM2-135M-Instruct, {device}, f32");
     let command = match device {
@@ -189,29 +253,72 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
         _ => format!("cargo xtask bench generate --device {device}"),
     };
     let mut section = section_head(&header, &command, &machine());
-    writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on both sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prefill included; median of {REPEATS} alternating runs per side, each after an untimed {WARMUP_TOKENS}-token warm-up generation of the same batch in the same process")?;
+    writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored on all sides), temperature 1.0, no top-p/top-k; tok/s counts new tokens over the generation call, prompt pass included; median (min–max) of {REPEATS} alternating runs per side, each after an untimed {WARMUP_TOKENS}-token warm-up generation of the same batch in the same process")?;
     writeln!(
         section,
-        "- reference: HF transformers {} `generate` (torch {}) on the same imported folder in the same run\n",
+        "- reference: HF transformers {} `generate` (torch {}, {} threads) on the same imported folder in the same run",
         versions["transformers"].as_str().unwrap_or("?"),
-        versions["torch"].as_str().unwrap_or("?")
+        versions["torch"].as_str().unwrap_or("?"),
+        versions["threads"]
     )?;
-    writeln!(section, "| batch | emh tok/s | HF tok/s | emh / HF |")?;
-    writeln!(section, "|---:|---:|---:|---:|")?;
-    for (b, ours, hf) in &rows {
-        let (m, h) = (median(ours.clone()), median(hf.clone()));
-        writeln!(section, "| {b} | {m:.1} | {h:.1} | {:.2}x |", m / h)?;
+    if gguf.is_some() {
+        writeln!(
+            section,
+            "- second reference at batch 1: llama.cpp through llama-cpp-python {} built from source with `GGML_NATIVE=ON` (the processor's own vector instructions), {} threads, on the GGUF the imported folder was made from (`{MODEL_GGUF_NAME}`: the same weight values), fed the same prompt token ids; emh's kernel pool uses {} threads",
+            llama_version["llama_cpp_python"].as_str().unwrap_or("?"),
+            llama_version["threads"],
+            cores()
+        )?;
     }
-    writeln!(section, "\nEach round, in order (emh / HF tok/s):\n")?;
-    for (b, ours, hf) in &rows {
-        let rounds: Vec<String> = ours
-            .iter()
-            .zip(hf)
-            .map(|(o, h)| format!("{o:.1} / {h:.1}"))
+    writeln!(section)?;
+    writeln!(
+        section,
+        "| batch | emh tok/s | HF tok/s | emh / HF | llama.cpp tok/s | emh / llama.cpp |"
+    )?;
+    writeln!(section, "|---:|---:|---:|---:|---:|---:|")?;
+    for (b, ours, hf, llama) in &rows {
+        let (m, h) = (median(ours.clone()), median(hf.clone()));
+        let (l, ratio) = if llama.is_empty() {
+            ("–".to_string(), "–".to_string())
+        } else {
+            let l = median(llama.clone());
+            (spread(llama, 1), format!("{:.2}x", m / l))
+        };
+        writeln!(
+            section,
+            "| {b} | {} | {} | {:.2}x | {l} | {ratio} |",
+            spread(ours, 1),
+            spread(hf, 1),
+            m / h
+        )?;
+    }
+    writeln!(
+        section,
+        "\nEach round, in order (emh / HF / llama.cpp tok/s):\n"
+    )?;
+    for (b, ours, hf, llama) in &rows {
+        let rounds: Vec<String> = (0..ours.len())
+            .map(|i| match llama.get(i) {
+                Some(l) => format!("{:.1} / {:.1} / {l:.1}", ours[i], hf[i]),
+                None => format!("{:.1} / {:.1}", ours[i], hf[i]),
+            })
             .collect();
         writeln!(section, "- batch {b}: {}", rounds.join(", "))?;
     }
     write_section(&env.root, &header, &section)
+}
+
+/// The median and the min–max of a figure over rounds.
+pub(crate) fn spread(v: &[f64], digits: usize) -> String {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    format!(
+        "{:.digits$} ({lo:.digits$}–{hi:.digits$})",
+        median(v.to_vec())
+    )
 }
 
 /// Replaces the section starting with `header` in BENCHMARKS.md (or appends it).

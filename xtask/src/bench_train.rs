@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench::{json_line, machine, median, section_head, write_section};
+use crate::bench::{json_line, machine, median, section_head, spread, write_section};
 use crate::{checked, Env};
 
 const DEFAULT_STEPS: usize = 6;
@@ -143,19 +143,6 @@ fn run_reference(env: &Env, file: &Path) -> Result<(Run, serde_json::Value)> {
         threads: v["threads"].as_u64(),
     };
     Ok((run, v))
-}
-
-/// The median and the min–max of a figure over rounds.
-fn spread(v: &[f64], digits: usize) -> String {
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        });
-    format!(
-        "{:.digits$} ({lo:.digits$}–{hi:.digits$})",
-        median(v.to_vec())
-    )
 }
 
 /// Runs the training benchmark and rewrites its BENCHMARKS.md section.

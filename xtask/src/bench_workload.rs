@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::bench::{json_line, machine, median, section_head, write_section};
+use crate::bench::{json_line, machine, median, section_head, spread, write_section};
 use crate::bench_sweep::direction;
 use crate::{checked, Env};
 
@@ -22,6 +22,7 @@ const NEW_TOKENS: usize = 256;
 const BATCH: usize = 16;
 const LAYER: usize = 12;
 const SCALE: f64 = 4.0;
+/// Rounds by default; `--repeats N` sets them.
 const REPEATS: usize = 3;
 const QUESTIONS: &str = "data/questions/general.yaml";
 
@@ -94,18 +95,13 @@ fn run_reference(env: &Env, v: &str) -> Result<serde_json::Value> {
     json_line(&mut cmd)
 }
 
-/// min / median / max of `v` with `digits` decimals.
-fn spread(v: &[f64], digits: usize) -> String {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!(
-        "{:.digits$} ({min:.digits$}–{max:.digits$})",
-        median(v.to_vec())
-    )
-}
-
 /// Runs the workload benchmark and rewrites its BENCHMARKS.md section.
-pub fn eval_workload(env: &Env) -> Result<()> {
+pub fn eval_workload(env: &Env, args: &[&str]) -> Result<()> {
+    let repeats = match args {
+        [] => REPEATS,
+        ["--repeats", n] => n.parse().context("--repeats takes a number")?,
+        _ => anyhow::bail!("usage: cargo xtask bench eval-workload [--repeats N]"),
+    };
     let dir = env.root.join("target/bench/eval-workload");
     std::fs::create_dir_all(&dir)?;
     let v = direction(576);
@@ -113,7 +109,7 @@ pub fn eval_workload(env: &Env) -> Result<()> {
     let mut ours: Vec<(f64, f64)> = Vec::new();
     let mut theirs: Vec<(f64, f64)> = Vec::new();
     let mut versions = serde_json::Value::Null;
-    for round in 1..=REPEATS {
+    for round in 1..=repeats {
         ours.push(run_emh(env, &dir, &file)?);
         versions = run_reference(env, &v)?;
         let get = |k: &str| versions[k].as_f64().context("reference printed no {k}");
@@ -132,7 +128,7 @@ pub fn eval_workload(env: &Env) -> Result<()> {
     let tokens = |v: &[(f64, f64)]| v.iter().map(|(t, _)| *t).collect::<Vec<_>>();
     let header = "## eval-workload: sampling an evaluation, SmolLM2-135M-Instruct, cpu, f32";
     let mut section = section_head(header, "cargo xtask bench eval-workload", &machine());
-    writeln!(section, "- workload: the 8 questions of `{QUESTIONS}` (2 paraphrases each) x {N} samples per paraphrase = 16 samples per question, under 2 conditions (no intervention; steering at layer {LAYER}, resid_post, all tokens, scale {SCALE}, a fixed vector of norm about 1): 256 answers, EOS on, at most {NEW_TOKENS} new tokens, temperature 1, no top-p/top-k; tok/s counts new tokens (each answer's end token included) over the seconds of sampling, model loading left out; median (min–max) of {REPEATS} alternating rounds")?;
+    writeln!(section, "- workload: the 8 questions of `{QUESTIONS}` (2 paraphrases each) x {N} samples per paraphrase = 16 samples per question, under 2 conditions (no intervention; steering at layer {LAYER}, resid_post, all tokens, scale {SCALE}, a fixed vector of norm about 1): 256 answers, EOS on, at most {NEW_TOKENS} new tokens, temperature 1, no top-p/top-k; tok/s counts new tokens (each answer's end token included) over the seconds of sampling, model loading left out; median (min–max) of {repeats} alternating rounds")?;
     writeln!(section, "- emh: `emh experiment` on the file the bench writes (`target/bench/eval-workload/workload.toml`): both conditions share batches of {BATCH} rows, a finished row taken by the next waiting sample, samples of one prompt sharing its prompt pass; seconds and tokens from its sampling summary line; threads: emh's kernel pool on both cores")?;
     writeln!(
         section,

@@ -46,7 +46,7 @@ commands:
                    beside random controls, and the HTML report (--quick: a few minutes, for CI)
   test             set up, then run every test (parity with HF transformers included)
   bench generate   tokens/s of emh beside HF transformers generate, written to BENCHMARKS.md
-  bench eval-workload  an evaluation's sampling (8 questions x 16 samples, EOS on, steering on
+  bench eval-workload [--repeats 3]  an evaluation's sampling (8 questions x 16 samples, EOS on, steering on
                    half the conditions) in emh experiment beside HF generate with a hook
   bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
   bench local-judge  judgments/s of the local judge plugin on CPU (and with every judgment cached)
@@ -73,7 +73,7 @@ fn main() -> Result<()> {
         ["test", rest @ ..] => test(rest),
         ["bench", "generate", rest @ ..] => bench::generate(&bench_env()?, rest),
         ["bench", "generate-large", rest @ ..] => bench_large::generate_large(&bench_env()?, rest),
-        ["bench", "eval-workload"] => bench_workload::eval_workload(&bench_env()?),
+        ["bench", "eval-workload", rest @ ..] => bench_workload::eval_workload(&bench_env()?, rest),
         ["bench", "judge"] => bench::judge(&root()),
         ["bench", "local-judge"] => bench::local_judge(&bench_env()?),
         ["bench", "sweep"] => bench_sweep::sweep(&bench_env()?),
@@ -241,20 +241,26 @@ fn setup() -> Result<Env> {
     // tests too, so dependencies are built once with the features that
     // `cargo test` unifies, and demo and test share one build.
     run(&mut env.cargo(&["build", "--release", "--workspace", "--all-targets"]))?;
-    import_default_model(&mut env, &venv)?;
+    import_default_model(&mut env)?;
     Ok(env)
 }
 
-fn import_default_model(env: &mut Env, venv: &Path) -> Result<()> {
-    let done = env.model_dir.join(".emh-imported");
-    let site = output(Command::new(&env.python).args([
+/// The GGUF file the default model is imported from, in `python`'s packages.
+pub(crate) fn default_gguf(python: &Path) -> Result<PathBuf> {
+    let site = output(Command::new(python).args([
         "-c",
         "import sysconfig; print(sysconfig.get_paths()['purelib'])",
     ]))?;
     let gguf = Path::new(&site).join(MODEL_GGUF);
     if !gguf.is_file() {
-        bail!("{} is missing from {}", MODEL_GGUF, venv.display());
+        bail!("{MODEL_GGUF} is missing from {site} ({MODEL_PACKAGE})");
     }
+    Ok(gguf)
+}
+
+fn import_default_model(env: &mut Env) -> Result<()> {
+    let done = env.model_dir.join(".emh-imported");
+    let gguf = default_gguf(&env.python)?;
     // The stamp names the source on its first line, then the import format.
     let stamp = format!("{}\nformat {IMPORT_FORMAT}\n", gguf.display());
     if std::fs::read_to_string(&done).ok().as_deref() == Some(stamp.as_str()) {

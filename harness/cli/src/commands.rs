@@ -131,7 +131,8 @@ pub struct GenerateArgs {
     /// any sample of `emh generate` or of a run makes that sample again.
     #[arg(long, value_name = "SEED")]
     sample_seed: Option<u64>,
-    /// Sequences generated together.
+    /// Sequences generated at once: when one ends, the next waiting sample
+    /// takes its row, and samples of one prompt share its prompt pass.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// Output JSONL file (default: standard output).

@@ -48,8 +48,9 @@ pub struct SampleArgs {
     /// 0, SAMPLE), recorded on its row (`emh generate --sample-seed` makes it again).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Sequences generated together; part of the run's settings, since a
-    /// resumed run redoes an unfinished batch exactly.
+    /// Sequences generated at once (a finished row takes the next waiting
+    /// sample); also the journal's unit of samples, so part of the run's
+    /// settings.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Put every question under this nudge from --nudges (a system prompt,

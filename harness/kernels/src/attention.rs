@@ -76,14 +76,13 @@ pub fn attend_one(
                 let (b, kh) = (pair / s.kv_heads, pair % s.kv_heads);
                 let bias = bias.map(|bias| &bias[b * s.len..][..s.len]);
                 // Left padding is a run of hidden slots at the start: skip
-                // it, from a multiple of 8 so that the exponentials fall in
-                // the same vector lanes and sum to the same bits.
+                // all of it, so that a sequence's scores fill the same vector
+                // lanes and sum to the same bits wherever its slots begin
+                // (alone, or in a row refilled half way through a batch).
                 let first = bias.map_or(0, |bias| {
                     bias.iter()
                         .position(|m| *m > f32::NEG_INFINITY)
                         .unwrap_or(0)
-                        / 8
-                        * 8
                 });
                 let n = s.len - first;
                 scores.resize(group * n, 0.0);

@@ -292,6 +292,8 @@ mod tests {
                 probs[n]
             );
         }
+        // This second pass over the prompt takes all but its last token from
+        // the first: the same numbers within float error.
         let judgment = j.judge(PROMPT).unwrap();
         let expected: f64 = probs
             .iter()
@@ -300,7 +302,7 @@ mod tests {
             .sum::<f64>()
             / total;
         match judgment.score {
-            Some(s) => assert!((s - expected).abs() < 1e-9),
+            Some(s) => assert!((s - expected).abs() < 1e-4, "{s} vs {expected}"),
             None => assert!(total < j.format.min_mass()),
         }
     }

@@ -159,8 +159,13 @@ impl<'a> Engine<'a> {
                     missing.push(s);
                 }
             }
-            if !missing.is_empty() {
-                self.prompt_pass(&missing, hooks)?;
+            // Prompts of one length run together, unpadded, so each pass
+            // is the one the prompt would have alone.
+            missing.sort_by_key(|&r| self.requests[r].prompt.len());
+            for same in missing
+                .chunk_by(|&a, &b| self.requests[a].prompt.len() == self.requests[b].prompt.len())
+            {
+                self.prompt_pass(same, hooks)?;
             }
             let need = started
                 .iter()
@@ -192,8 +197,8 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Runs the prompts of requests `reps` in one left-padded pass and keeps
-    /// each one's keys, values and last logits for the requests sharing it.
+    /// Runs the prompts of requests `reps` in one pass and keeps each one's
+    /// keys, values and last logits for the requests sharing it.
     fn prompt_pass(&mut self, reps: &[usize], hooks: &mut HookSet) -> Result<(), RuntimeError> {
         let prompts: Vec<Vec<u32>> = reps
             .iter()

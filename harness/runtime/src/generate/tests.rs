@@ -268,12 +268,13 @@ fn samples_of_one_prompt_share_its_pass_and_keep_their_tokens() {
     let mut hooks = HookSet::new();
     hooks.add(Site::ResidPost(1), capture.clone());
     let shared = run_in(&model, &tok, &reqs, &params, &mut hooks, 12);
-    let prompt_rows: Vec<usize> = capture
+    let mut prompt_rows: Vec<usize> = capture
         .take()
         .into_iter()
         .filter(|c| c.phase == Phase::Prefill)
         .flat_map(|c| c.rows)
         .collect();
+    prompt_rows.sort();
     assert_eq!(prompt_rows, vec![0, 3, 6, 9], "one prompt pass per prompt");
     // Distinct hooks on each request keep every pass its own.
     let mut own = HookSet::new();
