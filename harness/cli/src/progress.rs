@@ -38,7 +38,8 @@ impl Bars {
 impl Observer for Bars {
     fn message(&self, text: &str) {
         match &*self.current.borrow() {
-            Some((bar, _)) => bar.println(text),
+            // `println` prints nothing where the bar is hidden (not a terminal).
+            Some((bar, _)) => bar.suspend(|| eprintln!("{text}")),
             None => eprintln!("{text}"),
         }
     }
@@ -57,10 +58,12 @@ impl Observer for Bars {
             let mut summarised = self.summarised.borrow_mut();
             if p.done == p.total && !summarised.iter().any(|g| g == group) {
                 summarised.push(group.to_string());
-                bar.println(format!(
-                    "sampled {group}: {} answers{resumed}, {} new tokens in {secs:.1}s ({rate:.1} tok/s)",
-                    p.total, p.new_tokens
-                ));
+                bar.suspend(|| {
+                    eprintln!(
+                        "sampled {group}: {} answers{resumed}, {} new tokens in {secs:.1}s ({rate:.1} tok/s)",
+                        p.total, p.new_tokens
+                    )
+                });
             }
         });
     }

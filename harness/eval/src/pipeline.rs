@@ -252,9 +252,13 @@ fn sample_weights_group(
     // apart, each with the scales restored before its own controls.
     let mut by_controls: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (k, planned) in plans.iter().enumerate() {
+        // Flattened: a plan without adapter controls batches with no plan.
         let key = format!(
             "{:?}",
-            planned.iter().map(|p| &p.plan.adapters).collect::<Vec<_>>()
+            planned
+                .iter()
+                .flat_map(|p| p.plan.adapters.iter())
+                .collect::<Vec<_>>()
         );
         by_controls.entry(key).or_default().push(k);
     }
