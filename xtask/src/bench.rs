@@ -51,8 +51,10 @@ pub(crate) struct GenRun<'a> {
     pub batch: usize,
     pub new_tokens: usize,
     pub device: &'a str,
-    /// Random bf16 weights from the model folder's config alone.
-    pub random_bf16: bool,
+    /// What both sides compute in: `f32` or `bf16`.
+    pub dtype: &'a str,
+    /// Random weights from the model folder's config alone.
+    pub random_init: bool,
 }
 
 /// Tokens per second of `emh generate`.
@@ -67,9 +69,9 @@ pub(crate) fn run_emh(env: &Env, r: &GenRun) -> Result<f64> {
         .args(["--max-new-tokens", &r.new_tokens.to_string()])
         .args(["--temperature", "1.0", "--ignore-eos", "--seed", "0"])
         .args(["--warmup-tokens", &WARMUP_TOKENS.to_string()])
-        .args(["--out", "/dev/null"]);
-    if r.random_bf16 {
-        cmd.args(["--random-init", "0", "--dtype", "bf16"]);
+        .args(["--dtype", r.dtype, "--out", "/dev/null"]);
+    if r.random_init {
+        cmd.args(["--random-init", "0"]);
     }
     emh_tok_per_s(&String::from_utf8_lossy(&checked(&mut cmd)?.stderr))
 }
@@ -84,9 +86,17 @@ pub(crate) fn run_hf(env: &Env, r: &GenRun) -> Result<serde_json::Value> {
         .arg(r.prompts)
         .args(["--batch-size", &r.batch.to_string(), "--device", r.device])
         .args(["--max-new-tokens", &r.new_tokens.to_string()])
-        .args(["--warmup-tokens", &WARMUP_TOKENS.to_string()]);
-    if r.random_bf16 {
-        cmd.args(["--dtype", "bfloat16", "--random-init"]);
+        .args(["--warmup-tokens", &WARMUP_TOKENS.to_string()])
+        .args([
+            "--dtype",
+            if r.dtype == "bf16" {
+                "bfloat16"
+            } else {
+                "float32"
+            },
+        ]);
+    if r.random_init {
+        cmd.arg("--random-init");
     }
     json_line(&mut cmd)
 }
@@ -219,7 +229,8 @@ pub fn generate(env: &Env, args: &[&str]) -> Result<()> {
             batch,
             new_tokens: NEW_TOKENS,
             device,
-            random_bf16: false,
+            dtype: "f32",
+            random_init: false,
         };
         let (mut ours, mut hf, mut llama) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=REPEATS {

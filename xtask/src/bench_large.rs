@@ -111,7 +111,7 @@ impl Traffic {
 
 /// A model folder with the config alone plus the default model's tokenizer,
 /// so both sides can build the random model and tokenize its prompts.
-fn model_folder(env: &Env, config_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn model_folder(env: &Env, config_dir: &Path) -> Result<PathBuf> {
     let name = config_dir
         .file_name()
         .context("the config folder has no name")?;
@@ -153,7 +153,8 @@ pub fn generate_large(env: &Env, args: &[&str]) -> Result<()> {
         batch: s.batch,
         new_tokens: s.new_tokens,
         device: &s.device,
-        random_bf16: true,
+        dtype: "bf16",
+        random_init: true,
     };
     for round in 1..=s.repeats {
         ours.push(run_emh(env, &run)?);

@@ -8,6 +8,7 @@
 //! is already there.
 
 mod bench;
+mod bench_dense;
 mod bench_large;
 mod bench_sweep;
 mod bench_train;
@@ -45,13 +46,16 @@ commands:
                    GPT-4o, an evaluation, a misalignment direction, steering and ablation
                    beside random controls, and the HTML report (--quick: a few minutes, for CI)
   test             set up, then run every test (parity with HF transformers included)
-  bench generate   tokens/s of emh beside HF transformers generate, written to BENCHMARKS.md
+  bench generate   tokens/s of emh beside HF transformers generate (and llama.cpp at batch 1), written to BENCHMARKS.md
   bench eval-workload [--repeats 3]  an evaluation's sampling (8 questions x 16 samples, EOS on, steering on
                    half the conditions) in emh experiment beside HF generate with a hook
   bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
   bench local-judge  judgments/s of the local judge plugin on CPU (and with every judgment cached)
   bench sweep      8 steering/random-control conditions in shared batches beside one run per condition
   bench train      [--steps 6] LoRA training tokens/s of the demo organism beside HF transformers + peft
+  bench generate-dense [--config DIR] [--repeats 3]
+                   an ordinary bf16 checkpoint (default: Qwen2.5-0.5B's shape, random weights) on CPU,
+                   beside HF transformers in float32 and in bfloat16
   bench generate-large [--config DIR] [--device cuda] [--batch 50] [--new-tokens 600] [--repeats 2]
                    a large shape (default Qwen2.5-14B) with random weights in bf16 on a GPU,
                    beside HF transformers, and the fraction of the memory-bandwidth roofline
@@ -72,6 +76,7 @@ fn main() -> Result<()> {
         ["demo", rest @ ..] => demo::demo(rest),
         ["test", rest @ ..] => test(rest),
         ["bench", "generate", rest @ ..] => bench::generate(&bench_env()?, rest),
+        ["bench", "generate-dense", rest @ ..] => bench_dense::generate_dense(&bench_env()?, rest),
         ["bench", "generate-large", rest @ ..] => bench_large::generate_large(&bench_env()?, rest),
         ["bench", "eval-workload", rest @ ..] => bench_workload::eval_workload(&bench_env()?, rest),
         ["bench", "judge"] => bench::judge(&root()),

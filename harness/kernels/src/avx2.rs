@@ -1,7 +1,11 @@
-//! The AVX2/FMA inner loops, each with a plain fallback.
+//! The AVX2/FMA inner loops, each with a plain fallback; the products'
+//! loops hand over to `avx512` where the processor has it.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+#[cfg(target_arch = "x86_64")]
+use crate::avx512::tile as tile_avx512;
 
 use crate::pack::{q4_1_value, q8_0_value, Q4_1Block, Q8_0Block, BLOCK};
 
@@ -21,6 +25,12 @@ pub(crate) fn available() -> bool {
 pub(crate) fn unpack_q4_1(blocks: &[Q4_1Block], out: &mut [f32]) {
     assert_eq!(out.len(), blocks.len() * BLOCK);
     #[cfg(target_arch = "x86_64")]
+    if crate::avx512::available() {
+        // SAFETY: the processor has AVX-512F; the length is checked above.
+        unsafe { crate::avx512::unpack(blocks, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: the processor has AVX2 and FMA, and `out` holds 32 values per block.
         unsafe { unpack_q4_1_avx2(blocks, out) };
@@ -38,6 +48,12 @@ pub(crate) fn unpack_q4_1(blocks: &[Q4_1Block], out: &mut [f32]) {
 pub(crate) fn unpack_q8_0(blocks: &[Q8_0Block], out: &mut [f32]) {
     assert_eq!(out.len(), blocks.len() * BLOCK);
     #[cfg(target_arch = "x86_64")]
+    if crate::avx512::available() {
+        // SAFETY: as above.
+        unsafe { crate::avx512::unpack(blocks, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: as above.
         unsafe { unpack_q8_0_avx2(blocks, out) };
@@ -46,6 +62,43 @@ pub(crate) fn unpack_q8_0(blocks: &[Q8_0Block], out: &mut [f32]) {
     for (b, y) in blocks.iter().zip(out.chunks_exact_mut(BLOCK)) {
         for (v, &q) in y.iter_mut().zip(&b.qs) {
             *v = q8_0_value(q, b.d);
+        }
+    }
+}
+
+/// Writes the f32 values of bf16 `units` to `out`: each the high half of its f32.
+pub(crate) fn unpack_bf16(units: &[[u16; BLOCK]], out: &mut [f32]) {
+    assert_eq!(out.len(), units.len() * BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512::available() {
+        // SAFETY: as above.
+        unsafe { crate::avx512::unpack(units, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: as above.
+        unsafe { unpack_bf16_avx2(units, out) };
+        return;
+    }
+    for (v, h) in out.iter_mut().zip(units.as_flattened()) {
+        *v = f32::from_bits((*h as u32) << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack_bf16_avx2(units: &[[u16; BLOCK]], out: &mut [f32]) {
+    let mut y = out.as_mut_ptr();
+    for u in units {
+        // SAFETY: 32 values at `u`, 32 floats at `y`.
+        unsafe {
+            for k in 0..4 {
+                let h = _mm_loadu_si128(u.as_ptr().add(8 * k).cast());
+                let f = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+                _mm256_storeu_ps(y.add(8 * k), _mm256_castsi256_ps(f));
+            }
+            y = y.add(BLOCK);
         }
     }
 }
@@ -116,19 +169,27 @@ pub(crate) unsafe fn tile(
     ldo: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if available() {
+    {
         macro_rules! go {
-            ($($m:literal, $n:literal);*) => {
+            ($tile:ident; $($m:literal, $n:literal);*) => {
                 match (mb, nb) {
-                    // SAFETY: the caller's contract, and AVX2/FMA are present.
-                    $(($m, $n) => unsafe { tile_avx2::<$m, $n>(x, ldx, w, ldw, k, out, ldo) },)*
+                    // SAFETY: the caller's contract, and the processor has
+                    // the tile's instructions.
+                    $(($m, $n) => unsafe { $tile::<$m, $n>(x, ldx, w, ldw, k, out, ldo) },)*
                     _ => unreachable!("no {mb}x{nb} tile"),
                 }
             };
         }
-        go!(1, 1; 1, 2; 1, 3; 1, 4; 1, 5; 1, 6; 1, 7; 1, 8;
-            2, 1; 2, 2; 2, 3; 3, 1; 3, 2; 3, 3; 4, 1; 4, 2; 4, 3);
-        return;
+        if crate::avx512::available() {
+            go!(tile_avx512; 1, 1; 1, 2; 1, 3; 1, 4; 1, 5; 1, 6; 1, 7; 1, 8;
+                2, 1; 2, 2; 2, 3; 3, 1; 3, 2; 3, 3; 4, 1; 4, 2; 4, 3);
+            return;
+        }
+        if available() {
+            go!(tile_avx2; 1, 1; 1, 2; 1, 3; 1, 4; 1, 5; 1, 6; 1, 7; 1, 8;
+                2, 1; 2, 2; 2, 3; 3, 1; 3, 2; 3, 3; 4, 1; 4, 2; 4, 3);
+            return;
+        }
     }
     for i in 0..mb {
         for j in 0..nb {

@@ -1,4 +1,4 @@
-//! Weight matrices kept losslessly as ggml Q4_1 or Q8_0 blocks.
+//! Weight matrices kept losslessly as ggml Q4_1 or Q8_0 blocks, or as bf16.
 
 use half::f16;
 
@@ -28,6 +28,8 @@ pub(crate) struct Q8_0Block {
 pub(crate) enum Blocks {
     Q4_1(Vec<Q4_1Block>),
     Q8_0(Vec<Q8_0Block>),
+    /// The high halves of f32 values whose low halves are zero, 32 at a time.
+    Bf16(Vec<[u16; BLOCK]>),
 }
 
 /// A `[rows, cols]` weight matrix held as blocks that give back its f32
@@ -40,8 +42,8 @@ pub struct Packed {
 
 impl Packed {
     /// Packs row-major `w` `[rows, cols]` when every block is exactly Q4_1
-    /// (tried first, the smaller) or exactly Q8_0; `None` when neither holds,
-    /// so the matrix stays dense.
+    /// (tried first, the smallest), exactly Q8_0, or every value a bf16;
+    /// `None` when none holds, so the matrix stays dense.
     pub fn exact(w: &[f32], rows: usize, cols: usize) -> Option<Packed> {
         assert_eq!(w.len(), rows * cols, "a [{rows}, {cols}] matrix");
         if cols == 0 || !cols.is_multiple_of(BLOCK) {
@@ -49,20 +51,59 @@ impl Packed {
         }
         let blocks = if let Some(b) = each_block(w, q4_1) {
             Blocks::Q4_1(b)
+        } else if let Some(b) = each_block(w, q8_0) {
+            Blocks::Q8_0(b)
         } else {
-            Blocks::Q8_0(each_block(w, q8_0)?)
+            Blocks::Bf16(each_block(w, bf16)?)
         };
         Some(Packed { rows, cols, blocks })
     }
 
     /// Writes rows `first..first + out.len() / cols` as f32 into `out`.
     pub(crate) fn unpack_rows(&self, first: usize, out: &mut [f32]) {
-        let per_row = self.cols / BLOCK;
-        let range = first * per_row..first * per_row + out.len() / BLOCK;
+        let n = out.len() / self.cols;
         match &self.blocks {
-            Blocks::Q4_1(b) => crate::avx2::unpack_q4_1(&b[range], out),
-            Blocks::Q8_0(b) => crate::avx2::unpack_q8_0(&b[range], out),
+            Blocks::Q4_1(b) => crate::avx2::unpack_q4_1(&b[self.units(first, n)], out),
+            Blocks::Q8_0(b) => crate::avx2::unpack_q8_0(&b[self.units(first, n)], out),
+            Blocks::Bf16(b) => crate::avx2::unpack_bf16(&b[self.units(first, n)], out),
         }
+    }
+
+    /// `out[j] = x · w_{first + j}` for one row `x`, decoding the weights in
+    /// registers rather than into memory first, when the processor has
+    /// AVX-512: the same bits as unpacking and multiplying. `false` (and
+    /// nothing written) without it.
+    pub(crate) fn row_products(&self, x: &[f32], first: usize, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if crate::avx512::available() {
+            assert_eq!(x.len(), self.cols, "x is one row of {}", self.cols);
+            let n = out.len();
+            use crate::avx512::decode_rows;
+            // SAFETY: AVX-512F is present; `units` gives n whole rows and x
+            // holds one.
+            unsafe {
+                match &self.blocks {
+                    Blocks::Q4_1(b) => {
+                        decode_rows(x, &b[self.units(first, n)], self.cols / BLOCK, out)
+                    }
+                    Blocks::Q8_0(b) => {
+                        decode_rows(x, &b[self.units(first, n)], self.cols / BLOCK, out)
+                    }
+                    Blocks::Bf16(b) => {
+                        decode_rows(x, &b[self.units(first, n)], self.cols / BLOCK, out)
+                    }
+                }
+            }
+            return true;
+        }
+        let _ = (x, first, out);
+        false
+    }
+
+    /// The blocks holding rows `first..first + n`.
+    fn units(&self, first: usize, n: usize) -> std::ops::Range<usize> {
+        let per_row = self.cols / BLOCK;
+        first * per_row..(first + n) * per_row
     }
 }
 
@@ -166,6 +207,20 @@ fn q8_0(w: &[f32]) -> Option<Q8_0Block> {
         .find_map(|d| (d > 0.0).then(|| fits(d)).flatten())
 }
 
+/// The high halves of a block's values, when all are finite and every low
+/// half is zero.
+fn bf16(w: &[f32]) -> Option<[u16; BLOCK]> {
+    let mut out = [0u16; BLOCK];
+    for (o, v) in out.iter_mut().zip(w) {
+        let bits = v.to_bits();
+        if bits & 0xFFFF != 0 || !v.is_finite() {
+            return None;
+        }
+        *o = (bits >> 16) as u16;
+    }
+    Some(out)
+}
+
 /// Least and greatest value, `None` when one is not finite.
 fn min_max(w: &[f32]) -> Option<(f32, f32)> {
     let mut lo = f32::INFINITY;
@@ -239,6 +294,7 @@ pub(crate) mod tests {
         match p.blocks {
             Blocks::Q4_1(_) => "q4_1",
             Blocks::Q8_0(_) => "q8_0",
+            Blocks::Bf16(_) => "bf16",
         }
     }
 
@@ -261,6 +317,21 @@ pub(crate) mod tests {
         let w = as_q8_0(&noise(16 * 64, 2));
         let p = Packed::exact(&w, 16, 64).expect("Q8_0 values pack");
         assert_eq!(format(&p), "q8_0");
+        assert_eq!(unpacked(&p), w);
+    }
+
+    /// `w` rounded to bf16 values, as a bf16 checkpoint loaded as f32 holds them.
+    pub(crate) fn as_bf16(w: &[f32]) -> Vec<f32> {
+        w.iter()
+            .map(|v| half::bf16::from_f32(*v).to_f32())
+            .collect()
+    }
+
+    #[test]
+    fn bf16_weights_pack_and_unpack_exactly() {
+        let w = as_bf16(&noise(24 * 64, 6));
+        let p = Packed::exact(&w, 24, 64).expect("bf16 values pack");
+        assert_eq!(format(&p), "bf16");
         assert_eq!(unpacked(&p), w);
     }
 

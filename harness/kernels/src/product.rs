@@ -69,6 +69,17 @@ pub fn linear(pool: &Pool, x: &[f32], w: Weights<'_>, out: &mut [f32]) {
             let rows_ptr = match w {
                 Weights::Dense { data, .. } => data[start * cols..].as_ptr(),
                 Weights::Packed(p) => {
+                    if m == 1 {
+                        // SAFETY: as below, for this chunk's n values of `out`.
+                        let out = unsafe {
+                            std::slice::from_raw_parts_mut((out_addr as *mut f32).add(start), n)
+                        };
+                        // A single row uses each decoded value once, so it is
+                        // decoded in registers where the processor can.
+                        if p.row_products(x, start, out) {
+                            continue;
+                        }
+                    }
                     buf.resize(CHUNK * cols, 0.0);
                     p.unpack_rows(start, &mut buf[..n * cols]);
                     buf.as_ptr()
@@ -128,7 +139,7 @@ pub(crate) unsafe fn chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::tests::{as_q4_1, as_q8_0, noise};
+    use crate::pack::tests::{as_bf16, as_q4_1, as_q8_0, noise};
 
     /// The product in f64, as the reference.
     fn reference(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
@@ -197,6 +208,33 @@ mod tests {
             for threads in [1, 2, 3] {
                 check(m, rows, cols, threads, as_q4_1);
                 check(m, rows, cols, threads, as_q8_0);
+                check(m, rows, cols, threads, as_bf16);
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_alone_and_in_a_batch() {
+        let pool = Pool::new(2);
+        let (m, rows, cols) = (9, 53, 96);
+        let x = noise(m * cols, 11);
+        for quantize in [as_q4_1, as_q8_0, as_bf16, |w: &[f32]| w.to_vec()] {
+            let w = quantize(&noise(rows * cols, 12));
+            let p = Packed::exact(&w, rows, cols);
+            let weights = match &p {
+                Some(p) => Weights::Packed(p),
+                None => Weights::Dense {
+                    data: &w,
+                    rows,
+                    cols,
+                },
+            };
+            let mut batch = vec![0.0; m * rows];
+            linear(&pool, &x, weights, &mut batch);
+            for (xi, want) in x.chunks(cols).zip(batch.chunks(rows)) {
+                let mut alone = vec![0.0; rows];
+                linear(&pool, xi, weights, &mut alone);
+                assert_eq!(alone, want);
             }
         }
     }
