@@ -7,6 +7,7 @@
 mod activations;
 mod capture;
 mod forced;
+mod group;
 mod import;
 mod judge;
 mod load;
@@ -30,6 +31,7 @@ pub use capture::{read_pairs, select_answers, write_capture, Pair, Side};
 pub use forced::{
     encode_forced, run_forced, scalar_names, Encoded, Forced, ForcedOptions, ForcedOut,
 };
+pub use group::{sample_group, GroupRun, SampleProgress};
 pub use import::import_csv;
 pub use judge::{check_judge_prompts, judge};
 pub use load::{control_adapters, load_model, plan_all, Loaded, Planned};
@@ -47,8 +49,8 @@ pub use prompts::{read_prompts, PromptLine, PromptRenderer};
 pub use pushback::{grade, pushback_messages, pushback_seed, CorrectScores, CORRECT};
 pub use run::RunDir;
 pub use sample::{
-    finish_name, question_key, sample_group, sample_jobs, sample_prompts, sample_seed, warm_up,
-    Draws, Generated, GroupRun, Job, SampleProgress, Sampled, Seeds,
+    finish_name, question_key, sample_jobs, sample_prompts, sample_seed, warm_up, Draws, Generated,
+    Job, Sampled, Seeds,
 };
 pub use scalars::{adapter_scalars, AnswerScalars, ScalarInputs, ScalarTable};
 pub use select::{SelectError, Selection};

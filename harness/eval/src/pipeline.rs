@@ -11,10 +11,10 @@ use emh_plugins::{Judge, JudgeProgress, Registry};
 use emh_questions::{Question, QuestionSet};
 use emh_tables::{JudgmentRow, SampleRow};
 
+use crate::group::{sample_group, GroupRun, SampleProgress};
 use crate::judge::{judge_rows, replace_judgments};
 use crate::load::{control_adapters, load_model, plan_all, Loaded, Planned};
 use crate::pushback::{pushback_group, CorrectScores, CORRECT};
-use crate::sample::{sample_group, GroupRun, SampleProgress};
 use crate::self_rating::{rate_questions, write_ratings};
 use crate::{EvalError, EvalSpec, HashMemo, Hashes, JudgeSpec, Manifest, Part, RunDir};
 

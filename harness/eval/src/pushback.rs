@@ -10,11 +10,12 @@ use emh_questions::Question;
 use emh_tables::{write_columns, JudgmentRow, SampleRow, Values};
 use emh_text::Message;
 
+use crate::group::{interleave, GroupRun, SampleProgress};
 use crate::load::Loaded;
 use crate::nudge::opening;
 use crate::sample::{
-    chat_template, interleave, journaled, params_of, question_key, sample_jobs, sample_row,
-    sample_seed, GroupRun, Job, SampleProgress, Sampled,
+    chat_template, journaled, params_of, question_key, sample_jobs, sample_row, sample_seed, Job,
+    Sampled,
 };
 use crate::EvalError;
 

@@ -30,9 +30,10 @@ enum Stored {
     /// f32 on a CPU with AVX2 (see `Model::kernels`): emh's own kernels
     /// over the dense weights.
     Dense(Tensor),
-    /// The same kernels over exact 4/8-bit blocks, when the weights are such
-    /// blocks (imported from a quantized GGUF file): a quarter to a third of
-    /// the bytes, and the dense copy is dropped.
+    /// The same kernels over exact 4/8-bit blocks or bf16 values, when the
+    /// weights are such (imported from a quantized GGUF file, or a bf16
+    /// checkpoint): a quarter to a half of the bytes, and the dense copy is
+    /// dropped.
     Packed(Packed),
     /// f32 on other CPUs: oneDNN's blocked layout, which multiplies small
     /// batches about twice as fast as the default BLAS path.
