@@ -70,24 +70,40 @@ pub fn attend_one(
     let pairs = s.batch * s.kv_heads;
     let per = pairs.div_ceil(pool.threads());
     let out_addr = out.as_mut_ptr() as usize;
+    // Where a pair's visible slots lie: (first slot, count, cache offset).
+    let span = |pair: usize| {
+        let (b, kh) = (pair / s.kv_heads, pair % s.kv_heads);
+        // Left padding is a run of hidden slots at the start: skip all of
+        // it, so that a sequence's scores fill the same vector lanes and sum
+        // to the same bits wherever its slots begin (alone, or in a row
+        // refilled half way through a batch).
+        let first = bias.map_or(0, |bias| {
+            bias[b * s.len..][..s.len]
+                .iter()
+                .position(|m| *m > f32::NEG_INFINITY)
+                .unwrap_or(0)
+        });
+        let cache = ((b * s.kv_heads + kh) * s.capacity + first) * d;
+        (first, s.len - first, cache)
+    };
     pool.run(&|index| {
         SCORES.with_borrow_mut(|scores| {
-            for pair in index * per..((index + 1) * per).min(pairs) {
+            let mine = index * per..((index + 1) * per).min(pairs);
+            for pair in mine.clone() {
                 let (b, kh) = (pair / s.kv_heads, pair % s.kv_heads);
                 let bias = bias.map(|bias| &bias[b * s.len..][..s.len]);
-                // Left padding is a run of hidden slots at the start: skip
-                // all of it, so that a sequence's scores fill the same vector
-                // lanes and sum to the same bits wherever its slots begin
-                // (alone, or in a row refilled half way through a batch).
-                let first = bias.map_or(0, |bias| {
-                    bias.iter()
-                        .position(|m| *m > f32::NEG_INFINITY)
-                        .unwrap_or(0)
-                });
-                let n = s.len - first;
+                let (first, n, cache) = span(pair);
                 scores.resize(group * n, 0.0);
                 let head = b * s.heads + kh * group;
-                let cache = ((b * s.kv_heads + kh) * s.capacity + first) * d;
+                // The keys of this thread's next pair come from memory while
+                // this pair's scores are computed.
+                let ahead: &[f32] = match pair + 1 {
+                    next if mine.contains(&next) => {
+                        let (_, n, cache) = span(next);
+                        &keys[cache..][..n * d]
+                    }
+                    _ => &[],
+                };
                 // SAFETY: the pair's `group` query rows and `n` cached key
                 // rows lie within the checked slices, and `scores` holds
                 // `group` rows of `n`.
@@ -100,6 +116,7 @@ pub fn attend_one(
                         d,
                         scores.as_mut_ptr(),
                         n,
+                        crate::product::as_bytes(ahead),
                     )
                 };
                 let v = &values[cache..][..n * d];
@@ -133,8 +150,11 @@ mod tests {
     #[test]
     fn attention_matches_a_plain_reference() {
         // Groups of 3, 5 and 1 query heads; head sizes with and without the
-        // 16-column vector path.
-        for (heads, kv_heads, head_dim) in [(6, 2, 20), (10, 2, 32), (3, 3, 16)] {
+        // 16-column vector path, and with its 64-column blocks (64, and 80 =
+        // 64 + 16).
+        for (heads, kv_heads, head_dim) in
+            [(6, 2, 20), (10, 2, 32), (3, 3, 16), (6, 2, 64), (10, 2, 80)]
+        {
             check(CacheShape {
                 batch: 3,
                 heads,

@@ -266,6 +266,12 @@ pub(crate) fn mix(p: &[f32], v: &[f32], d: usize, out: &mut [f32]) {
     let len = v.len() / d;
     assert!(v.len() == len * d && p.len() == out.len() / d * len);
     #[cfg(target_arch = "x86_64")]
+    if crate::avx512::available() && d.is_multiple_of(16) {
+        // SAFETY: AVX-512F is present; the lengths are checked above.
+        unsafe { crate::avx512::mix(p, v, d, len, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if available() && d.is_multiple_of(16) {
         // SAFETY: AVX2 and FMA are present; the lengths are checked above.
         unsafe { mix_avx2(p, v, d, len, out) };
@@ -503,5 +509,24 @@ mod tests {
         assert_eq!(got[2000], 0.0);
         let total: f64 = want.iter().sum();
         assert!((sum as f64 - total).abs() < 1e-5 * total);
+    }
+
+    #[test]
+    fn both_widths_of_mix_give_the_same_bits() {
+        if !(available() && crate::avx512::available()) {
+            return;
+        }
+        let len = 37;
+        for (heads, d) in [(3, 64), (5, 80), (2, 16), (4, 128)] {
+            let p = crate::pack::tests::noise(heads * len, 1);
+            let v = crate::pack::tests::noise(len * d, 2);
+            let (mut narrow, mut wide) = (vec![0.0; heads * d], vec![1.0; heads * d]);
+            // SAFETY: both instruction sets are present; the lengths fit.
+            unsafe {
+                mix_avx2(&p, &v, d, len, &mut narrow);
+                crate::avx512::mix(&p, &v, d, len, &mut wide);
+            }
+            assert_eq!(narrow, wide, "{heads} heads of {d}");
+        }
     }
 }

@@ -219,3 +219,76 @@ pub(crate) unsafe fn decode_rows<U: Decode>(x: &[f32], w: &[U], per_row: usize, 
         }
     }
 }
+
+/// `avx2::mix` for `d` a multiple of 16: up to four heads and 64 columns at
+/// a time, so that each row of `v` is read once per 64 columns for all the
+/// heads. Each value is summed over `t` in order with one rounding per term,
+/// as in the AVX2 loop, so both give the same bits.
+///
+/// # Safety
+/// `p` holds `out.len() / d` rows of `len`, `v` `len` rows of `d`, and the
+/// processor has AVX-512F.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn mix(p: &[f32], v: &[f32], d: usize, len: usize, out: &mut [f32]) {
+    debug_assert!(d.is_multiple_of(16) && p.len() == out.len() / d * len);
+    let heads = out.len() / d;
+    for g in (0..heads).step_by(4) {
+        let (p, o) = (p[g * len..].as_ptr(), out[g * d..].as_mut_ptr());
+        let mut c = 0;
+        while c < d {
+            let (v, o) = (v[c..].as_ptr(), o.wrapping_add(c));
+            // SAFETY: the caller's contract, for heads g.. and columns c..
+            unsafe {
+                let wide = d - c >= 64;
+                match ((heads - g).min(4), wide) {
+                    (1, true) => mix_block::<1, 4>(p, v, d, len, o),
+                    (2, true) => mix_block::<2, 4>(p, v, d, len, o),
+                    (3, true) => mix_block::<3, 4>(p, v, d, len, o),
+                    (_, true) => mix_block::<4, 4>(p, v, d, len, o),
+                    (1, false) => mix_block::<1, 1>(p, v, d, len, o),
+                    (2, false) => mix_block::<2, 1>(p, v, d, len, o),
+                    (3, false) => mix_block::<3, 1>(p, v, d, len, o),
+                    (_, false) => mix_block::<4, 1>(p, v, d, len, o),
+                }
+                c += if wide { 64 } else { 16 };
+            }
+        }
+    }
+}
+
+/// `G` heads and `16 * W` columns of `mix`: `G * W` accumulators.
+///
+/// # Safety
+/// `p` holds `G` rows of `len`, `v` `len` rows of `ldv` with `16 * W`
+/// columns readable in each, `out` `G` rows of `ldv` likewise.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn mix_block<const G: usize, const W: usize>(
+    p: *const f32,
+    v: *const f32,
+    ldv: usize,
+    len: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); W]; G];
+    // SAFETY (this block): reads and writes stay within the caller's rows.
+    unsafe {
+        for t in 0..len {
+            let row = v.add(t * ldv);
+            let mut vs = [_mm512_setzero_ps(); W];
+            for (k, x) in vs.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(row.add(16 * k));
+            }
+            for (g, a) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*p.add(g * len + t));
+                for (a, x) in a.iter_mut().zip(&vs) {
+                    *a = _mm512_fmadd_ps(w, *x, *a);
+                }
+            }
+        }
+        for (g, a) in acc.iter().enumerate() {
+            for (k, a) in a.iter().enumerate() {
+                _mm512_storeu_ps(out.add(g * ldv + 16 * k), *a);
+            }
+        }
+    }
+}

@@ -21,6 +21,14 @@ pub enum Weights<'a> {
 }
 
 impl Weights<'_> {
+    /// The bytes holding rows `first..first + n`.
+    fn bytes(&self, first: usize, n: usize) -> &[u8] {
+        match self {
+            Weights::Dense { data, cols, .. } => as_bytes(&data[first * cols..(first + n) * cols]),
+            Weights::Packed(p) => p.bytes(first, n),
+        }
+    }
+
     /// `[rows, cols]`.
     pub fn shape(&self) -> (usize, usize) {
         match self {
@@ -56,51 +64,76 @@ pub fn linear(pool: &Pool, x: &[f32], w: Weights<'_>, out: &mut [f32]) {
         return;
     }
     // Threads take chunks of rows from a shared counter rather than fixed
-    // halves: a thread that starts late or is interrupted takes fewer.
+    // halves: a thread that starts late or is interrupted takes fewer. Each
+    // claims its next chunk before multiplying the current one, so that the
+    // next chunk's weights come from memory meanwhile: the unpacking of a
+    // chunk otherwise waited on its first loads.
     let next = AtomicUsize::new(0);
+    let claim = || Some(next.fetch_add(CHUNK, Relaxed)).filter(|s| *s < rows);
     let out_addr = out.as_mut_ptr() as usize;
     pool.run(&|_| {
-        UNPACKED.with_borrow_mut(|buf| loop {
-            let start = next.fetch_add(CHUNK, Relaxed);
-            if start >= rows {
-                break;
-            }
-            let n = CHUNK.min(rows - start);
-            let rows_ptr = match w {
-                Weights::Dense { data, .. } => data[start * cols..].as_ptr(),
-                Weights::Packed(p) => {
-                    if m == 1 {
-                        // SAFETY: as below, for this chunk's n values of `out`.
-                        let out = unsafe {
-                            std::slice::from_raw_parts_mut((out_addr as *mut f32).add(start), n)
-                        };
-                        // A single row uses each decoded value once, so it is
-                        // decoded in registers where the processor can.
-                        if p.row_products(x, start, out) {
-                            continue;
+        UNPACKED.with_borrow_mut(|buf| {
+            let mut claimed = claim();
+            while let Some(start) = claimed {
+                let n = CHUNK.min(rows - start);
+                claimed = claim();
+                let ahead = claimed.map_or(&[][..], |s| w.bytes(s, CHUNK.min(rows - s)));
+                let rows_ptr = match w {
+                    Weights::Dense { data, .. } => data[start * cols..].as_ptr(),
+                    Weights::Packed(p) => {
+                        if m == 1 {
+                            // SAFETY: as below, for this chunk's n values of `out`.
+                            let out = unsafe {
+                                std::slice::from_raw_parts_mut((out_addr as *mut f32).add(start), n)
+                            };
+                            // A single row uses each decoded value once, so it
+                            // is decoded in registers where the processor can.
+                            if p.row_products(x, start, out) {
+                                continue;
+                            }
                         }
+                        buf.resize(CHUNK * cols, 0.0);
+                        p.unpack_rows(start, &mut buf[..n * cols]);
+                        buf.as_ptr()
                     }
-                    buf.resize(CHUNK * cols, 0.0);
-                    p.unpack_rows(start, &mut buf[..n * cols]);
-                    buf.as_ptr()
-                }
-            };
-            // SAFETY: `rows_ptr` holds n rows of `cols`, `x` m rows of
-            // `cols`, and `out` m rows of `rows` with start + n <= rows.
-            // Each chunk's columns of `out` are written by one thread only,
-            // and `run` returns after all threads are done.
-            unsafe {
-                let out = (out_addr as *mut f32).add(start);
-                chunk(x.as_ptr(), m, rows_ptr, n, cols, out, rows)
-            };
+                };
+                // SAFETY: `rows_ptr` holds n rows of `cols`, `x` m rows of
+                // `cols`, and `out` m rows of `rows` with start + n <= rows.
+                // Each chunk's columns of `out` are written by one thread
+                // only, and `run` returns after all threads are done.
+                unsafe {
+                    let out = (out_addr as *mut f32).add(start);
+                    chunk(x.as_ptr(), m, rows_ptr, n, cols, out, rows, ahead)
+                };
+            }
         });
     });
 }
 
-/// `out[i * ldo + j] = x_i · w_j` for `m` rows of `x` and `n` rows of `w`.
+/// The bytes of `v`, for `chunk` to fetch ahead.
+pub(crate) fn as_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: any f32 is four readable bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), size_of_val(v)) }
+}
+
+/// Asks for the cache line at `p` ahead of its use; never faults.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// `out[i * ldo + j] = x_i · w_j` for `m` rows of `x` and `n` rows of `w`,
+/// fetching the bytes of `ahead` into the cache a share at each tile.
 ///
 /// # Safety
 /// As `tile`, for `m` and `n` rows.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn chunk(
     x: *const f32,
     m: usize,
@@ -109,15 +142,22 @@ pub(crate) unsafe fn chunk(
     k: usize,
     out: *mut f32,
     ldo: usize,
+    ahead: &[u8],
 ) {
     // One row of x: eight weight rows at a time, so eight accumulators hide
     // the multiply-add latency. More rows: 4 x 3 tiles, twelve accumulators
     // fed by seven loads.
     let (mb, nb) = if m == 1 { (1, 8) } else { (4, 3) };
+    let mut lines = ahead.chunks(64);
+    let share = lines.len().div_ceil(m.div_ceil(mb) * n.div_ceil(nb));
     for i in (0..m).step_by(mb) {
         let rows_i = mb.min(m - i);
         for j in (0..n).step_by(nb) {
             let cols_j = nb.min(n - j);
+            lines
+                .by_ref()
+                .take(share)
+                .for_each(|l| prefetch(l.as_ptr()));
             // SAFETY: the caller's contract; tiles stay within m x n.
             unsafe {
                 tile(
