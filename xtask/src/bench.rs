@@ -469,6 +469,6 @@ pub fn local_judge(env: &Env) -> Result<()> {
         "| re-run, all cached | {cached:.1} | {:.1} |",
         judgments / cached
     )?;
-    writeln!(section, "\nEach fresh judgment is one prefill of its judge prompt (about 350 tokens: some 95 GFLOP for 135M parameters, compute-bound on 2 cores) then one pass per trie level over about 100 one-token rows (the prefixes \"0\"..\"99\" and \"10\" of 100), about a third more. There is no reference method to compare with: the API reference reads one token's top 20, which a digit-splitting tokenizer cannot score.")?;
+    writeln!(section, "\nEach fresh judgment is one prefill of its judge prompt (about 350 tokens: some 95 GFLOP for 135M parameters, compute-bound on 2 cores; the opening it shares with the judge prompt before it, the template's text up to where the two differ, is taken from that prompt's pass rather than run again) then one pass per trie level over about 100 one-token rows (the prefixes \"0\"..\"99\" and \"10\" of 100), about a third more. There is no reference method to compare with: the API reference reads one token's top 20, which a digit-splitting tokenizer cannot score.")?;
     write_section(&env.root, header, &section)
 }
