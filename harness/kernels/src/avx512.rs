@@ -161,24 +161,25 @@ pub(crate) unsafe fn unpack<U: Decode>(units: &[U], out: &mut [f32]) {
 /// `out[j] = x · w_j` for one row `x` and `NB` packed weight rows of
 /// `per_row` units each starting at `w`, decoding each unit into registers
 /// and multiplying at once: the same sums, in the same order, as
-/// `tile::<1, NB>` over the unpacked rows.
+/// `tile::<1, NB>` over the unpacked rows. The bytes of the next `NB` rows
+/// to multiply, from `next` on, are fetched meanwhile.
 ///
 /// # Safety
 /// `x` holds `per_row * BLOCK` values, `w` `NB` rows of units, `out` `NB`
-/// values, and the processor has AVX-512F.
+/// values, and the processor has AVX-512F. `next` may point anywhere: a
+/// prefetch never faults.
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn decode_row<U: Decode, const NB: usize>(
     x: *const f32,
     w: *const U,
     per_row: usize,
     out: *mut f32,
+    next: *const u8,
 ) {
     let mut acc = [_mm512_setzero_ps(); NB];
     // The rows are short (some hundreds of bytes), so each load of a unit
-    // waited on memory: the next NB rows' bytes are fetched meanwhile, an
-    // equal share at each step. `wrapping_add`: they may lie past the
-    // matrix, and a prefetch never faults.
-    let next = w.wrapping_add(NB * per_row).cast::<u8>();
+    // waited on memory: the next rows' bytes are fetched meanwhile, an equal
+    // share at each step.
     let share = (NB * size_of::<U>()).next_multiple_of(64);
     // SAFETY (this block): the caller's contract.
     unsafe {
@@ -201,26 +202,41 @@ unsafe fn decode_row<U: Decode, const NB: usize>(
 }
 
 /// `out[j] = x · w_j` for one row `x` and the `out.len()` packed weight rows
-/// starting at `w`, eight at a time.
+/// starting at `w`, eight at a time, fetching the bytes of `ahead` (the
+/// rows multiplied next, if known) while multiplying the last eight.
 ///
 /// # Safety
 /// `x` holds `per_row * BLOCK` values, `w` `out.len()` rows of `per_row`
 /// units, and the processor has AVX-512F.
-pub(crate) unsafe fn decode_rows<U: Decode>(x: &[f32], w: &[U], per_row: usize, out: &mut [f32]) {
+pub(crate) unsafe fn decode_rows<U: Decode>(
+    x: &[f32],
+    w: &[U],
+    per_row: usize,
+    out: &mut [f32],
+    ahead: &[u8],
+) {
     debug_assert!(x.len() == per_row * BLOCK && w.len() == out.len() * per_row);
+    let groups = out.len().div_ceil(8);
     for (j, o) in out.chunks_mut(8).enumerate() {
         let (w, n, o) = (w[j * 8 * per_row..].as_ptr(), o.len(), o.as_mut_ptr());
+        // The next group's rows follow this one's; after the last group,
+        // the next rows are `ahead`, or else whatever follows in memory.
+        // `wrapping_add`: they may lie past the matrix.
+        let next = match ahead.is_empty() || j + 1 < groups {
+            true => w.wrapping_add(n * per_row).cast::<u8>(),
+            false => ahead.as_ptr(),
+        };
         // SAFETY: the caller's contract, for rows 8j.. of this chunk.
         unsafe {
             match n {
-                1 => decode_row::<U, 1>(x.as_ptr(), w, per_row, o),
-                2 => decode_row::<U, 2>(x.as_ptr(), w, per_row, o),
-                3 => decode_row::<U, 3>(x.as_ptr(), w, per_row, o),
-                4 => decode_row::<U, 4>(x.as_ptr(), w, per_row, o),
-                5 => decode_row::<U, 5>(x.as_ptr(), w, per_row, o),
-                6 => decode_row::<U, 6>(x.as_ptr(), w, per_row, o),
-                7 => decode_row::<U, 7>(x.as_ptr(), w, per_row, o),
-                _ => decode_row::<U, 8>(x.as_ptr(), w, per_row, o),
+                1 => decode_row::<U, 1>(x.as_ptr(), w, per_row, o, next),
+                2 => decode_row::<U, 2>(x.as_ptr(), w, per_row, o, next),
+                3 => decode_row::<U, 3>(x.as_ptr(), w, per_row, o, next),
+                4 => decode_row::<U, 4>(x.as_ptr(), w, per_row, o, next),
+                5 => decode_row::<U, 5>(x.as_ptr(), w, per_row, o, next),
+                6 => decode_row::<U, 6>(x.as_ptr(), w, per_row, o, next),
+                7 => decode_row::<U, 7>(x.as_ptr(), w, per_row, o, next),
+                _ => decode_row::<U, 8>(x.as_ptr(), w, per_row, o, next),
             }
         }
     }

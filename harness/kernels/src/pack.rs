@@ -71,32 +71,33 @@ impl Packed {
 
     /// `out[j] = x · w_{first + j}` for one row `x`, decoding the weights in
     /// registers rather than into memory first, when the processor has
-    /// AVX-512: the same bits as unpacking and multiplying. `false` (and
-    /// nothing written) without it.
-    pub(crate) fn row_products(&self, x: &[f32], first: usize, out: &mut [f32]) -> bool {
+    /// AVX-512: the same bits as unpacking and multiplying. The bytes of
+    /// `ahead` (the rows multiplied next) are fetched meanwhile. `false`
+    /// (and nothing written) without AVX-512.
+    pub(crate) fn row_products(
+        &self,
+        x: &[f32],
+        first: usize,
+        out: &mut [f32],
+        ahead: &[u8],
+    ) -> bool {
         #[cfg(target_arch = "x86_64")]
         if crate::avx512::available() {
             assert_eq!(x.len(), self.cols, "x is one row of {}", self.cols);
-            let n = out.len();
+            let (units, per_row) = (self.units(first, out.len()), self.cols / BLOCK);
             use crate::avx512::decode_rows;
-            // SAFETY: AVX-512F is present; `units` gives n whole rows and x
-            // holds one.
+            // SAFETY: AVX-512F is present; `units` gives whole rows for
+            // `out` and x holds one.
             unsafe {
                 match &self.blocks {
-                    Blocks::Q4_1(b) => {
-                        decode_rows(x, &b[self.units(first, n)], self.cols / BLOCK, out)
-                    }
-                    Blocks::Q8_0(b) => {
-                        decode_rows(x, &b[self.units(first, n)], self.cols / BLOCK, out)
-                    }
-                    Blocks::Bf16(b) => {
-                        decode_rows(x, &b[self.units(first, n)], self.cols / BLOCK, out)
-                    }
+                    Blocks::Q4_1(b) => decode_rows(x, &b[units], per_row, out, ahead),
+                    Blocks::Q8_0(b) => decode_rows(x, &b[units], per_row, out, ahead),
+                    Blocks::Bf16(b) => decode_rows(x, &b[units], per_row, out, ahead),
                 }
             }
             return true;
         }
-        let _ = (x, first, out);
+        let _ = (x, first, out, ahead);
         false
     }
 

@@ -88,7 +88,7 @@ pub fn linear(pool: &Pool, x: &[f32], w: Weights<'_>, out: &mut [f32]) {
                             };
                             // A single row uses each decoded value once, so it
                             // is decoded in registers where the processor can.
-                            if p.row_products(x, start, out) {
+                            if p.row_products(x, start, out, ahead) {
                                 continue;
                             }
                         }
