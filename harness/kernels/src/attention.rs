@@ -70,19 +70,24 @@ pub fn attend_one(
     let pairs = s.batch * s.kv_heads;
     let per = pairs.div_ceil(pool.threads());
     let out_addr = out.as_mut_ptr() as usize;
+    // Left padding is a run of hidden slots at the start of a sequence:
+    // skip all of it, so that a sequence's scores fill the same vector lanes
+    // and sum to the same bits wherever its slots begin (alone, or in a row
+    // refilled half way through a batch). Each sequence's first visible slot.
+    let firsts: Vec<usize> = (0..s.batch)
+        .map(|b| {
+            bias.map_or(0, |bias| {
+                bias[b * s.len..][..s.len]
+                    .iter()
+                    .position(|m| *m > f32::NEG_INFINITY)
+                    .unwrap_or(0)
+            })
+        })
+        .collect();
     // Where a pair's visible slots lie: (first slot, count, cache offset).
     let span = |pair: usize| {
         let (b, kh) = (pair / s.kv_heads, pair % s.kv_heads);
-        // Left padding is a run of hidden slots at the start: skip all of
-        // it, so that a sequence's scores fill the same vector lanes and sum
-        // to the same bits wherever its slots begin (alone, or in a row
-        // refilled half way through a batch).
-        let first = bias.map_or(0, |bias| {
-            bias[b * s.len..][..s.len]
-                .iter()
-                .position(|m| *m > f32::NEG_INFINITY)
-                .unwrap_or(0)
-        });
+        let first = firsts[b];
         let cache = ((b * s.kv_heads + kh) * s.capacity + first) * d;
         (first, s.len - first, cache)
     };

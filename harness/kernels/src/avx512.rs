@@ -222,9 +222,10 @@ pub(crate) unsafe fn decode_rows<U: Decode>(
         // The next group's rows follow this one's; after the last group,
         // the next rows are `ahead`, or else whatever follows in memory.
         // `wrapping_add`: they may lie past the matrix.
-        let next = match ahead.is_empty() || j + 1 < groups {
-            true => w.wrapping_add(n * per_row).cast::<u8>(),
-            false => ahead.as_ptr(),
+        let next = if ahead.is_empty() || j + 1 < groups {
+            w.wrapping_add(n * per_row).cast::<u8>()
+        } else {
+            ahead.as_ptr()
         };
         // SAFETY: the caller's contract, for rows 8j.. of this chunk.
         unsafe {

@@ -103,15 +103,12 @@ impl Packed {
 
     /// The bytes holding rows `first..first + n`.
     pub(crate) fn bytes(&self, first: usize, n: usize) -> &[u8] {
-        fn raw<T>(units: &[T]) -> &[u8] {
-            // SAFETY: the block types are plain data without padding.
-            unsafe { std::slice::from_raw_parts(units.as_ptr().cast(), size_of_val(units)) }
-        }
+        use crate::product::as_bytes;
         let units = self.units(first, n);
         match &self.blocks {
-            Blocks::Q4_1(b) => raw(&b[units]),
-            Blocks::Q8_0(b) => raw(&b[units]),
-            Blocks::Bf16(b) => raw(&b[units]),
+            Blocks::Q4_1(b) => as_bytes(&b[units]),
+            Blocks::Q8_0(b) => as_bytes(&b[units]),
+            Blocks::Bf16(b) => as_bytes(&b[units]),
         }
     }
 

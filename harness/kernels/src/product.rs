@@ -110,9 +110,10 @@ pub fn linear(pool: &Pool, x: &[f32], w: Weights<'_>, out: &mut [f32]) {
     });
 }
 
-/// The bytes of `v`, for `chunk` to fetch ahead.
-pub(crate) fn as_bytes(v: &[f32]) -> &[u8] {
-    // SAFETY: any f32 is four readable bytes.
+/// The bytes of `v`, for `chunk` to fetch ahead. `T` is f32 or a block
+/// type: plain data without padding, so every byte is initialized.
+pub(crate) fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: as above; the bytes live as long as `v`.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), size_of_val(v)) }
 }
 
