@@ -149,9 +149,27 @@ unsafe fn unpack_q8_0_avx2(blocks: &[Q8_0Block], out: &mut [f32]) {
     }
 }
 
+/// The largest tile `tile` takes for `m` rows of activations, as (rows of
+/// `x`, rows of `w`). One row: eight weight rows, so eight accumulators hide
+/// the multiply-add latency. More rows: 4 x 3 with AVX2's 16 registers,
+/// twelve accumulators fed by seven loads; 8 x 3 with AVX-512's 32, 24
+/// accumulators fed by eleven loads, which reads each weight row from the
+/// cache half as often.
+pub(crate) fn tile_shape(m: usize) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if m > 1 && crate::avx512::available() {
+        return (8, 3);
+    }
+    if m == 1 {
+        (1, 8)
+    } else {
+        (4, 3)
+    }
+}
+
 /// One tile of the product: `out[i * ldo + j] = x_i · w_j` for `i < mb`
-/// rows of `x` and `j < nb` rows of `w`, all `k` long; `mb` at most 4, `nb`
-/// at most 3, or `mb` 1 and `nb` at most 8.
+/// rows of `x` and `j < nb` rows of `w`, all `k` long, `mb` and `nb` at
+/// most those of `tile_shape`.
 ///
 /// # Safety
 /// `x` must hold `mb` rows `ldx` apart, `w` `nb` rows `ldw` apart, each at
@@ -182,7 +200,8 @@ pub(crate) unsafe fn tile(
         }
         if crate::avx512::available() {
             go!(tile_avx512; 1, 1; 1, 2; 1, 3; 1, 4; 1, 5; 1, 6; 1, 7; 1, 8;
-                2, 1; 2, 2; 2, 3; 3, 1; 3, 2; 3, 3; 4, 1; 4, 2; 4, 3);
+                2, 1; 2, 2; 2, 3; 3, 1; 3, 2; 3, 3; 4, 1; 4, 2; 4, 3;
+                5, 1; 5, 2; 5, 3; 6, 1; 6, 2; 6, 3; 7, 1; 7, 2; 7, 3; 8, 1; 8, 2; 8, 3);
             return;
         }
         if available() {

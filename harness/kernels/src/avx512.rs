@@ -14,6 +14,7 @@ use crate::pack::{Q4_1Block, Q8_0Block, BLOCK};
 /// Whether the AVX-512 loops can run here.
 pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
 }
@@ -22,7 +23,7 @@ pub(crate) fn available() -> bool {
 ///
 /// # Safety
 /// As `avx2::tile`, and the processor has AVX-512F.
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile<const MB: usize, const NB: usize>(
     x: *const f32,
@@ -51,20 +52,29 @@ pub(crate) unsafe fn tile<const MB: usize, const NB: usize>(
             }
             t += 16;
         }
+        // The tail apart: with its loop inside this one, the accumulators
+        // were kept in memory, and that memory zeroed at each call.
         for (i, row) in acc.iter().enumerate() {
             for (j, a) in row.iter().enumerate() {
-                let mut s = hsum(*a);
-                for r in whole..k {
-                    s += *x.add(i * ldx + r) * *w.add(j * ldw + r);
+                *out.add(i * ldo + j) = hsum(*a);
+            }
+        }
+        if whole < k {
+            for i in 0..MB {
+                for j in 0..NB {
+                    let mut s = *out.add(i * ldo + j);
+                    for r in whole..k {
+                        s += *x.add(i * ldx + r) * *w.add(j * ldw + r);
+                    }
+                    *out.add(i * ldo + j) = s;
                 }
-                *out.add(i * ldo + j) = s;
             }
         }
     }
 }
 
 /// The sum of 16 lanes, in one fixed order.
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 fn hsum(v: __m512) -> f32 {
     let h = _mm256_add_ps(
         _mm512_castps512_ps256(v),
@@ -144,7 +154,7 @@ impl Decode for [u16; BLOCK] {
 ///
 /// # Safety
 /// `out` holds `units.len() * BLOCK` values, and the processor has AVX-512F.
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(crate) unsafe fn unpack<U: Decode>(units: &[U], out: &mut [f32]) {
     let mut y = out.as_mut_ptr();
     for u in units {
@@ -168,7 +178,7 @@ pub(crate) unsafe fn unpack<U: Decode>(units: &[U], out: &mut [f32]) {
 /// `x` holds `per_row * BLOCK` values, `w` `NB` rows of units, `out` `NB`
 /// values, and the processor has AVX-512F. `next` may point anywhere: a
 /// prefetch never faults.
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn decode_row<U: Decode, const NB: usize>(
     x: *const f32,
     w: *const U,
@@ -251,7 +261,7 @@ pub(crate) unsafe fn decode_rows<U: Decode>(
 /// # Safety
 /// `p` holds `out.len() / d` rows of `len`, `v` `len` rows of `d`, and the
 /// processor has AVX-512F.
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(crate) unsafe fn mix(p: &[f32], v: &[f32], d: usize, len: usize, out: &mut [f32]) {
     debug_assert!(d.is_multiple_of(16) && p.len() == out.len() / d * len);
     let heads = out.len() / d;
@@ -284,7 +294,7 @@ pub(crate) unsafe fn mix(p: &[f32], v: &[f32], d: usize, len: usize, out: &mut [
 /// # Safety
 /// `p` holds `G` rows of `len`, `v` `len` rows of `ldv` with `16 * W`
 /// columns readable in each, `out` `G` rows of `ldv` likewise.
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn mix_block<const G: usize, const W: usize>(
     p: *const f32,
     v: *const f32,

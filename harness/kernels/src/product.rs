@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::avx2::tile;
+use crate::avx2::{tile, tile_shape};
 use crate::pack::Packed;
 use crate::pool::Pool;
 
@@ -92,7 +92,11 @@ pub fn linear(pool: &Pool, x: &[f32], w: Weights<'_>, out: &mut [f32]) {
                                 continue;
                             }
                         }
-                        buf.resize(CHUNK * cols, 0.0);
+                        // Grown only: shrinking and regrowing between products
+                        // of different widths would zero it each time.
+                        if buf.len() < CHUNK * cols {
+                            buf.resize(CHUNK * cols, 0.0);
+                        }
                         p.unpack_rows(start, &mut buf[..n * cols]);
                         buf.as_ptr()
                     }
@@ -145,10 +149,7 @@ pub(crate) unsafe fn chunk(
     ldo: usize,
     ahead: &[u8],
 ) {
-    // One row of x: eight weight rows at a time, so eight accumulators hide
-    // the multiply-add latency. More rows: 4 x 3 tiles, twelve accumulators
-    // fed by seven loads.
-    let (mb, nb) = if m == 1 { (1, 8) } else { (4, 3) };
+    let (mb, nb) = tile_shape(m);
     let mut lines = ahead.chunks(64);
     let share = lines.len().div_ceil(m.div_ceil(mb) * n.div_ceil(nb));
     for i in (0..m).step_by(mb) {
@@ -244,6 +245,7 @@ mod tests {
             (5, 29, 40),
             (16, 100, 64),
             (7, 1, 8),
+            (14, 20, 48),
             (33, 77, 160),
         ] {
             for threads in [1, 2, 3] {
