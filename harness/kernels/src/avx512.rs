@@ -8,15 +8,20 @@
 //! dense, as the AVX2 loops guarantee with their 8 lanes.
 
 use std::arch::x86_64::*;
+use std::sync::LazyLock;
 
 use crate::pack::{Q4_1Block, Q8_0Block, BLOCK};
 
-/// Whether the AVX-512 loops can run here.
+/// Whether the AVX-512 loops can run here: asked at every tile, so the four
+/// feature checks are made once.
 pub(crate) fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
+    static AVAILABLE: LazyLock<bool> = LazyLock::new(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    });
+    *AVAILABLE
 }
 
 /// `tile` for fixed sizes with 16-lane accumulators.
