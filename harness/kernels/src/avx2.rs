@@ -26,7 +26,7 @@ pub(crate) fn unpack_q4_1(blocks: &[Q4_1Block], out: &mut [f32]) {
     assert_eq!(out.len(), blocks.len() * BLOCK);
     #[cfg(target_arch = "x86_64")]
     if crate::avx512::available() {
-        // SAFETY: the processor has AVX-512F; the length is checked above.
+        // SAFETY: the processor has AVX-512F and VL; the length is checked above.
         unsafe { crate::avx512::unpack(blocks, out) };
         return;
     }
@@ -286,7 +286,7 @@ pub(crate) fn mix(p: &[f32], v: &[f32], d: usize, out: &mut [f32]) {
     assert!(v.len() == len * d && p.len() == out.len() / d * len);
     #[cfg(target_arch = "x86_64")]
     if crate::avx512::available() && d.is_multiple_of(16) {
-        // SAFETY: AVX-512F is present; the lengths are checked above.
+        // SAFETY: AVX-512F and VL are present; the lengths are checked above.
         unsafe { crate::avx512::mix(p, v, d, len, out) };
         return;
     }

@@ -27,7 +27,7 @@ pub(crate) fn available() -> bool {
 /// `tile` for fixed sizes with 16-lane accumulators.
 ///
 /// # Safety
-/// As `avx2::tile`, and the processor has AVX-512F.
+/// As `avx2::tile`, and the processor has AVX-512F and VL.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile<const MB: usize, const NB: usize>(
@@ -95,7 +95,7 @@ fn hsum(v: __m512) -> f32 {
 /// values), as two registers of 16.
 pub(crate) trait Decode {
     /// # Safety
-    /// `p` points at a unit, and the processor has AVX-512F.
+    /// `p` points at a unit, and the processor has AVX-512F and VL.
     unsafe fn decode(p: *const Self) -> [__m512; 2];
 }
 
@@ -158,7 +158,8 @@ impl Decode for [u16; BLOCK] {
 /// Writes the values of `units` to `out`.
 ///
 /// # Safety
-/// `out` holds `units.len() * BLOCK` values, and the processor has AVX-512F.
+/// `out` holds `units.len() * BLOCK` values, and the processor has AVX-512F
+/// and VL.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(crate) unsafe fn unpack<U: Decode>(units: &[U], out: &mut [f32]) {
     let mut y = out.as_mut_ptr();
@@ -181,7 +182,7 @@ pub(crate) unsafe fn unpack<U: Decode>(units: &[U], out: &mut [f32]) {
 ///
 /// # Safety
 /// `x` holds `per_row * BLOCK` values, `w` `NB` rows of units, `out` `NB`
-/// values, and the processor has AVX-512F. `next` may point anywhere: a
+/// values, and the processor has AVX-512F and VL. `next` may point anywhere: a
 /// prefetch never faults.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn decode_row<U: Decode, const NB: usize>(
@@ -222,7 +223,7 @@ unsafe fn decode_row<U: Decode, const NB: usize>(
 ///
 /// # Safety
 /// `x` holds `per_row * BLOCK` values, `w` `out.len()` rows of `per_row`
-/// units, and the processor has AVX-512F.
+/// units, and the processor has AVX-512F and VL.
 pub(crate) unsafe fn decode_rows<U: Decode>(
     x: &[f32],
     w: &[U],
@@ -265,7 +266,7 @@ pub(crate) unsafe fn decode_rows<U: Decode>(
 ///
 /// # Safety
 /// `p` holds `out.len() / d` rows of `len`, `v` `len` rows of `d`, and the
-/// processor has AVX-512F.
+/// processor has AVX-512F and VL.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(crate) unsafe fn mix(p: &[f32], v: &[f32], d: usize, len: usize, out: &mut [f32]) {
     debug_assert!(d.is_multiple_of(16) && p.len() == out.len() / d * len);

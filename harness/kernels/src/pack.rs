@@ -86,7 +86,7 @@ impl Packed {
             assert_eq!(x.len(), self.cols, "x is one row of {}", self.cols);
             let (units, per_row) = (self.units(first, out.len()), self.cols / BLOCK);
             use crate::avx512::decode_rows;
-            // SAFETY: AVX-512F is present; `units` gives whole rows for
+            // SAFETY: AVX-512F and VL are present; `units` gives whole rows for
             // `out` and x holds one.
             unsafe {
                 match &self.blocks {
