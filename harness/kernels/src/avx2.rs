@@ -9,11 +9,15 @@ use crate::avx512::tile as tile_avx512;
 
 use crate::pack::{q4_1_value, q8_0_value, Q4_1Block, Q8_0Block, BLOCK};
 
-/// Whether the AVX2 and FMA paths can run here.
+/// Whether the AVX2 and FMA paths can run here: asked at every tile, so
+/// the checks are made once, as `avx512::available` does.
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        });
+        *AVAILABLE
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -2,6 +2,8 @@
 
 use half::f16;
 
+use crate::product::{as_bytes, Plain};
+
 /// Values per block along a row.
 pub(crate) const BLOCK: usize = 32;
 
@@ -23,6 +25,13 @@ pub(crate) struct Q8_0Block {
     pub d: f32,
     pub qs: [i8; 32],
 }
+
+// SAFETY: `repr(C)` fields of 4-byte alignment filling the size (checked
+// below), so no padding; bf16 units are plain `u16`s.
+unsafe impl Plain for Q4_1Block {}
+unsafe impl Plain for Q8_0Block {}
+unsafe impl Plain for [u16; BLOCK] {}
+const _: () = assert!(size_of::<Q4_1Block>() == 24 && size_of::<Q8_0Block>() == 36);
 
 /// The blocks of a packed matrix, row after row.
 pub(crate) enum Blocks {
@@ -103,7 +112,6 @@ impl Packed {
 
     /// The bytes holding rows `first..first + n`.
     pub(crate) fn bytes(&self, first: usize, n: usize) -> &[u8] {
-        use crate::product::as_bytes;
         let units = self.units(first, n);
         match &self.blocks {
             Blocks::Q4_1(b) => as_bytes(&b[units]),

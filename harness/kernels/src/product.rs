@@ -114,10 +114,18 @@ pub fn linear(pool: &Pool, x: &[f32], w: Weights<'_>, out: &mut [f32]) {
     });
 }
 
-/// The bytes of `v`, for `chunk` to fetch ahead. `T` is f32 or a block
-/// type: plain data without padding, so every byte is initialized.
-pub(crate) fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
-    // SAFETY: as above; the bytes live as long as `v`.
+/// Plain data without padding: every byte of a value is initialized.
+///
+/// # Safety
+/// Implement only for such types.
+pub(crate) unsafe trait Plain: Copy {}
+
+// SAFETY: four bytes, all of them the value.
+unsafe impl Plain for f32 {}
+
+/// The bytes of `v`, for `chunk` to fetch ahead.
+pub(crate) fn as_bytes<T: Plain>(v: &[T]) -> &[u8] {
+    // SAFETY: `Plain`: every byte is initialized; they live as long as `v`.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), size_of_val(v)) }
 }
 
