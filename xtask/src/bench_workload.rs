@@ -19,7 +19,7 @@ use crate::{checked, Env};
 const N: u32 = 8;
 const NEW_TOKENS: usize = 256;
 /// Rows decoding at once on emh's side.
-const BATCH: usize = 16;
+const BATCH: usize = 32;
 const LAYER: usize = 12;
 const SCALE: f64 = 4.0;
 /// Rounds by default; `--repeats N` sets them.

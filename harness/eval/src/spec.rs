@@ -114,7 +114,8 @@ pub struct Sampling {
     pub top_k: usize,
     /// Base seed: each answer's seed is [`crate::sample_seed`] of it.
     pub seed: u64,
-    /// Sequences generated together.
+    /// Sequences generated together (default 32: on CPU, 32 rows sampled an
+    /// evaluation about 10% faster than 16, and 64 no faster than 32).
     pub batch_size: usize,
 }
 
@@ -127,7 +128,7 @@ impl Default for Sampling {
             top_p: 1.0,
             top_k: 0,
             seed: 0,
-            batch_size: 16,
+            batch_size: 32,
         }
     }
 }
