@@ -510,46 +510,4 @@ fn exp_shifted_avx2(x: &mut [f32], top: f32) -> (usize, f32) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exp_shifted_is_within_two_ulp_and_sends_minus_infinity_to_zero() {
-        let mut x: Vec<f32> = (0..2000).map(|i| -100.0 + i as f32 * 0.0513).collect();
-        x.push(f32::NEG_INFINITY);
-        x.push(3.0);
-        // The shift is rounded to f32 first, as the kernel rounds it.
-        let want: Vec<f64> = x.iter().map(|v| ((v - 3.0) as f64).exp()).collect();
-        let mut got = x.clone();
-        let sum = exp_shifted(&mut got);
-        for ((g, w), v) in got.iter().zip(&want).zip(&x) {
-            if *w < f32::MIN_POSITIVE as f64 {
-                assert!(*g as f64 <= f32::MIN_POSITIVE as f64, "e^{v}: {g}");
-            } else {
-                assert!(((*g as f64) - w).abs() <= 2.5e-7 * w, "e^{v}: {g} vs {w}");
-            }
-        }
-        assert_eq!(got[2000], 0.0);
-        let total: f64 = want.iter().sum();
-        assert!((sum as f64 - total).abs() < 1e-5 * total);
-    }
-
-    #[test]
-    fn both_widths_of_mix_give_the_same_bits() {
-        if !(available() && crate::avx512::available()) {
-            return;
-        }
-        let len = 37;
-        for (heads, d) in [(3, 64), (5, 80), (2, 16), (4, 128)] {
-            let p = crate::pack::tests::noise(heads * len, 1);
-            let v = crate::pack::tests::noise(len * d, 2);
-            let (mut narrow, mut wide) = (vec![0.0; heads * d], vec![1.0; heads * d]);
-            // SAFETY: both instruction sets are present; the lengths fit.
-            unsafe {
-                mix_avx2(&p, &v, d, len, &mut narrow);
-                crate::avx512::mix(&p, &v, d, len, &mut wide);
-            }
-            assert_eq!(narrow, wide, "{heads} heads of {d}");
-        }
-    }
-}
+mod tests;
