@@ -191,7 +191,7 @@ impl Model {
                 if next_rows.is_empty() {
                     break;
                 }
-                cache.select_rows(&Tensor::from_slice(&parent_row).to_device(self.device));
+                cache.select_rows(&parent_row);
                 let n = next_rows.len() as i64;
                 let toks: Vec<i64> = next_rows.iter().map(|&r| nodes[r].token as i64).collect();
                 let pos = Tensor::full([n, 1], p + depth as i64 - 1, (Kind::Int64, self.device));

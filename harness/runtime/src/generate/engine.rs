@@ -243,17 +243,25 @@ impl<'a> Engine<'a> {
     /// Removes the rows of finished sequences (only free rows are left once
     /// no request waits).
     fn drop_finished_rows(&mut self) {
-        let keep: Vec<i64> = (0..self.rows.len())
-            .filter(|&r| self.rows[r].is_some())
-            .map(|r| r as i64)
-            .collect();
-        if keep.len() == self.rows.len() {
+        let kept = self.rows.iter().filter(|r| r.is_some()).count();
+        if kept == self.rows.len() {
             return;
         }
-        self.rows.retain(Option::is_some);
-        if !keep.is_empty() {
-            let keep = Tensor::from_slice(&keep).to_device(self.model.device);
-            self.cache.select_rows(&keep);
+        // Rows past the first `kept` fill the holes among them, so a
+        // finished row costs at most one row's copy, and each source lies
+        // after its destination: the cache moves them in place. A row's
+        // tokens do not depend on where it sits in the batch.
+        let mut movers = (kept..self.rows.len()).filter(|&r| self.rows[r].is_some());
+        let order: Vec<usize> = (0..kept)
+            .map(|i| match self.rows[i] {
+                Some(_) => i,
+                None => movers.next().expect("one running row per hole"),
+            })
+            .collect();
+        self.rows = order.iter().map(|&r| self.rows[r]).collect();
+        if kept > 0 {
+            let order: Vec<i64> = order.iter().map(|&r| r as i64).collect();
+            self.cache.select_rows(&order);
         }
     }
 
