@@ -133,7 +133,7 @@ pub struct GenerateArgs {
     sample_seed: Option<u64>,
     /// Sequences generated at once: when one ends, the next waiting sample
     /// takes its row, and samples of one prompt share its prompt pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = emh_eval::Sampling::default().batch_size)]
     batch_size: usize,
     /// Output JSONL file (default: standard output).
     #[arg(long, short)]

@@ -51,7 +51,7 @@ pub struct SampleArgs {
     /// Sequences generated at once (a finished row takes the next waiting
     /// sample); also the journal's unit of samples, so part of the run's
     /// settings.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = emh_eval::Sampling::default().batch_size)]
     pub batch_size: usize,
     /// Put every question under this nudge from --nudges (a system prompt,
     /// a prefix or suffix to the question), e.g. `evil`.

@@ -202,7 +202,7 @@ mod tests {
     }
 
     /// Each kept row's filled slots, as the row number they came from.
-    fn rows_of(c: &KvCache) -> Vec<Vec<f64>> {
+    fn rows_of(c: &KvCache) -> Vec<f64> {
         let mut out = Vec::new();
         for t in c.k.iter().chain(&c.v) {
             let filled = t.narrow(2, 0, c.len);
@@ -212,7 +212,7 @@ mod tests {
                     values.min().double_value(&[]),
                     values.max().double_value(&[])
                 );
-                out.push(vec![values.max().double_value(&[]) - 1.0]);
+                out.push(values.max().double_value(&[]) - 1.0);
             }
         }
         out
@@ -232,11 +232,7 @@ mod tests {
         gathered.select_rows(&[1, 0, 3, 3, 2]);
         assert_ne!(gathered.k[0].data_ptr(), before);
         let layers = 2 * moved.k.len();
-        let want = |rows: &[f64]| -> Vec<Vec<f64>> {
-            (0..layers)
-                .flat_map(|_| rows.iter().map(|&r| vec![r]))
-                .collect()
-        };
+        let want = |rows: &[f64]| -> Vec<f64> { (0..layers).flat_map(|_| rows.to_vec()).collect() };
         assert_eq!(rows_of(&moved), want(&[0.0, 3.0, 2.0]));
         assert_eq!(rows_of(&gathered), want(&[1.0, 0.0, 3.0, 3.0, 2.0]));
         for (c, rows) in [(&moved, vec![0, 3, 2]), (&gathered, vec![1, 0, 3, 3, 2])] {
