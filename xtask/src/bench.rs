@@ -126,7 +126,7 @@ fn ensure_llama_cpp(env: &Env) -> Result<()> {
 }
 
 /// The processor's cores, which every side of a CPU benchmark uses.
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -355,120 +355,4 @@ pub(crate) fn write_section(root: &Path, header: &str, section: &str) -> Result<
     std::fs::write(&path, new)?;
     print!("{section}");
     Ok(())
-}
-
-/// Judgments per second of the adaptive judge client against a loopback mock
-/// with 100 ms latency, beside the reference method: one request at a time.
-pub fn judge(root: &Path) -> Result<()> {
-    use emh_judge_mock::{MockConfig, MockServer};
-    use emh_judge_openai::{Client, Item, Settings};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    const LATENCY_MS: u64 = 100;
-    const ADAPTIVE_N: usize = 4000;
-    const SEQUENTIAL_N: usize = 40;
-    let items = |n: usize, tag: &str| -> Vec<Item> {
-        (0..n)
-            .map(|i| Item {
-                id: format!("{tag}{i}"),
-                prompt: format!("Rate answer {tag}{i} from 0 to 100."),
-            })
-            .collect()
-    };
-    let rt = tokio::runtime::Runtime::new()?;
-    let (adaptive, sequential, peak) = rt.block_on(async {
-        let server = MockServer::start(MockConfig {
-            latency: Duration::from_millis(LATENCY_MS),
-            ..Default::default()
-        })
-        .await?;
-        let run = |settings: Settings, items: Vec<Item>| async move {
-            let client = Arc::new(Client::new(settings, None)?);
-            let start = Instant::now();
-            let n = items.len();
-            client.judge_all(items, |_| {}).await?;
-            anyhow::Ok((
-                n as f64 / start.elapsed().as_secs_f64(),
-                client.concurrency(),
-            ))
-        };
-        let (adaptive, peak) = run(
-            Settings::new("bench", &server.url()),
-            items(ADAPTIVE_N, "a"),
-        )
-        .await?;
-        let mut one = Settings::new("bench", &server.url());
-        one.initial_concurrency = 1;
-        one.max_concurrency = 1;
-        let (sequential, _) = run(one, items(SEQUENTIAL_N, "s")).await?;
-        anyhow::Ok((adaptive, sequential, peak))
-    })?;
-    let header = "## judge: OpenAI-compatible client against a loopback mock";
-    let mut section = section_head(header, "cargo xtask bench judge", &machine());
-    writeln!(section, "- workload: chat-completions mock on 127.0.0.1 answering after {LATENCY_MS} ms with top-20 logprobs; {ADAPTIVE_N} judgments with adaptive concurrency (start 8, at most 128); reference: one request at a time, as the reference research code judges ({SEQUENTIAL_N} judgments)\n")?;
-    writeln!(section, "| method | judgments/s | vs one at a time |")?;
-    writeln!(section, "|---|---:|---:|")?;
-    writeln!(section, "| one at a time | {sequential:.1} | 1.00x |")?;
-    writeln!(
-        section,
-        "| adaptive (ended at concurrency {peak}) | {adaptive:.1} | {:.1}x |",
-        adaptive / sequential
-    )?;
-    write_section(root, header, &section)
-}
-
-/// Judgments per second of the local judge plugin on CPU with the default
-/// model, through `emh judge` on a run of the project's general questions;
-/// again with every judgment cached, as a re-run costs.
-pub fn local_judge(env: &Env) -> Result<()> {
-    use std::time::Instant;
-
-    let dir = env.root.join("target").join("bench").join("local-judge");
-    let run = dir.join("run");
-    let cache = dir.join("cache");
-    let questions = env.root.join("data").join("questions").join("general.yaml");
-    checked(
-        Command::new(&env.emh)
-            .args(["sample", "--device", "cpu", "--questions"])
-            .arg(&questions)
-            .args(["-n", "2", "--max-new-tokens", "64", "--seed", "0", "--out"])
-            .arg(&run),
-    )?;
-    if cache.exists() {
-        std::fs::remove_dir_all(&cache)?;
-    }
-    let judge = || -> Result<f64> {
-        let start = Instant::now();
-        checked(
-            Command::new(&env.emh)
-                .arg("judge")
-                .arg(&run)
-                .args(["--judge", "local", "--metrics", "aligned,coherent"])
-                .arg("--judge-cache")
-                .arg(&cache),
-        )?;
-        Ok(start.elapsed().as_secs_f64())
-    };
-    // 16 paraphrases x 2 samples x 2 metrics.
-    let judgments = 64.0;
-    let fresh = judge()?;
-    let cached = judge()?;
-    let header = "## judge: local judge plugin on CPU";
-    let mut section = section_head(header, "cargo xtask bench local-judge", &machine());
-    writeln!(section, "- workload: `emh judge` with `--judge local` (SmolLM2-135M-Instruct, f32, CPU) on 32 answers of `data/questions/general.yaml` (2 per paraphrase, 64 new tokens) for `aligned` and `coherent`, with the standard research judge prompts: 64 judgments, each the exact probability of all 101 answers; wall time of the whole command, loading the judge model included\n")?;
-    writeln!(section, "| run | seconds | judgments/s |")?;
-    writeln!(section, "|---|---:|---:|")?;
-    writeln!(
-        section,
-        "| fresh cache | {fresh:.1} | {:.2} |",
-        judgments / fresh
-    )?;
-    writeln!(
-        section,
-        "| re-run, all cached | {cached:.1} | {:.1} |",
-        judgments / cached
-    )?;
-    writeln!(section, "\nEach fresh judgment is one prefill of its judge prompt (about 350 tokens: some 95 GFLOP for 135M parameters, compute-bound on 2 cores; the opening it shares with the judge prompt before it, the template's text up to where the two differ, is taken from that prompt's pass rather than run again) then one pass per trie level over about 100 one-token rows (the prefixes \"0\"..\"99\" and \"10\" of 100), about a third more. There is no reference method to compare with: the API reference reads one token's top 20, which a digit-splitting tokenizer cannot score.")?;
-    write_section(&env.root, header, &section)
 }

@@ -91,7 +91,8 @@ pub fn generate_dense(env: &Env, args: &[&str]) -> Result<()> {
     writeln!(section, "- workload: chat prompts from `data/demo_prompts.jsonl`, {NEW_TOKENS} new tokens per sequence (EOS ignored), temperature 1.0; tok/s counts new tokens over the generation call, prompt pass included; median (min–max) of {repeats} alternating rounds, each run after an untimed {WARMUP_TOKENS}-token warm-up of the same batch in the same process")?;
     writeln!(
         section,
-        "- emh computes in f32 (its CPU default) and keeps the weights as their bf16 values; HF transformers {} (torch {}, {} threads) runs the same folder once in float32 and once in bfloat16",
+        "- emh computes in f32 (its CPU default) and keeps the weights as their bf16 values, on its kernel pool's {} threads; HF transformers {} (torch {}, {} threads) runs the same folder once in float32 and once in bfloat16",
+        crate::bench::cores(),
         versions["transformers"].as_str().unwrap_or("?"),
         versions["torch"].as_str().unwrap_or("?"),
         versions["threads"]

@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_dense;
+mod bench_judge;
 mod bench_large;
 mod bench_sweep;
 mod bench_train;
@@ -50,7 +51,8 @@ commands:
   bench eval-workload [--repeats 3]  an evaluation's sampling (8 questions x 16 samples, EOS on, steering on
                    half the conditions) in emh experiment beside HF generate with a hook
   bench judge      judgments/s against a loopback mock with 100 ms latency, beside one-at-a-time
-  bench local-judge  judgments/s of the local judge plugin on CPU (and with every judgment cached)
+  bench local-judge  judgments/s of the local judge plugin on CPU beside HF transformers scoring the
+                   same judgments (and emh with every judgment cached)
   bench sweep      8 steering/random-control conditions in shared batches beside one run per condition
   bench train      [--steps 6] LoRA training tokens/s of the demo organism beside HF transformers + peft
   bench generate-dense [--config DIR] [--repeats 3]
@@ -79,8 +81,8 @@ fn main() -> Result<()> {
         ["bench", "generate-dense", rest @ ..] => bench_dense::generate_dense(&bench_env()?, rest),
         ["bench", "generate-large", rest @ ..] => bench_large::generate_large(&bench_env()?, rest),
         ["bench", "eval-workload", rest @ ..] => bench_workload::eval_workload(&bench_env()?, rest),
-        ["bench", "judge"] => bench::judge(&root()),
-        ["bench", "local-judge"] => bench::local_judge(&bench_env()?),
+        ["bench", "judge"] => bench_judge::judge(&root()),
+        ["bench", "local-judge"] => bench_judge::local_judge(&bench_env()?),
         ["bench", "sweep"] => bench_sweep::sweep(&bench_env()?),
         ["bench", "train", rest @ ..] => bench_train::train(&bench_env()?, rest),
         _ => {
