@@ -395,8 +395,8 @@ pub(crate) fn print_metrics(rows: &[MetricRow], format: Format) -> Result<()> {
                 println!(
                     "{},{},{},{},{},{},{},{},{}",
                     r.scope,
-                    r.group,
-                    r.metric,
+                    emh_tables::csv_field(&r.group),
+                    emh_tables::csv_field(&r.metric),
                     f(r.value),
                     r.successes.map(|s| s.to_string()).unwrap_or_default(),
                     r.n,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use emh_eval::{load_model, plan_all, preference, read_pairs, Observer, Preference, RunSummary};
 use emh_metrics::{relative_reduction, MetricRow, Scope};
 use emh_plugins::Registry;
+use emh_tables::csv_field;
 use serde::{Deserialize, Serialize};
 
 use crate::{Experiment, ExperimentError};
@@ -232,13 +233,13 @@ pub fn write_summary(dir: &Path, rows: &[ConditionRow]) -> Result<(), Experiment
     for r in rows {
         text.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.condition,
-            r.model,
-            r.intervention,
-            r.nudge.as_deref().unwrap_or(""),
+            csv_field(&r.condition),
+            csv_field(&r.model),
+            csv_field(&r.intervention),
+            csv_field(r.nudge.as_deref().unwrap_or("")),
             r.seed,
             r.samples,
-            r.judge.as_deref().unwrap_or(""),
+            csv_field(r.judge.as_deref().unwrap_or("")),
             rate(&r.em),
             rate(&r.coherence),
             rate(&r.misaligned),
@@ -319,6 +320,22 @@ mod tests {
             logprob_pref: Some((pref, pref - 0.1, pref + 0.1)),
             pairs: Some(40),
         }
+    }
+
+    /// Names with commas and quotes stay one field each in summary.csv.
+    #[test]
+    fn summary_csv_quotes_names() {
+        let mut r = row("org", "steering(layer=12, scale=4)", 0.25, 0.0);
+        r.judge = Some("local:M (constrained, prefix \"Score:\")".into());
+        let dir = tempfile::tempdir().unwrap();
+        write_summary(dir.path(), &[r.clone()]).unwrap();
+        let df = emh_tables::read_table(&dir.path().join("summary.csv")).unwrap();
+        let text = |c: &str| emh_tables::string_column(&df, "summary", c).unwrap()[0].clone();
+        assert_eq!(text("intervention"), Some(r.intervention.clone()));
+        assert_eq!(text("judge"), r.judge);
+        let em = emh_tables::float_column(&df, "summary", "em_rate").unwrap();
+        assert_eq!(em[0], Some(0.25));
+        assert_eq!(df.width(), 59);
     }
 
     /// Checkpoint conditions without interventions, by step; others left out.

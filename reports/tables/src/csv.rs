@@ -207,8 +207,21 @@ pub fn read_reference_csv(
     })
 }
 
+/// `s` as one CSV field, as RFC 4180 writes it: in double quotes, with
+/// inner quotes doubled, when it holds a comma, a quote or a line break
+/// (judge names such as `local:M (constrained, prefix "Score:")` do).
+pub fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
 /// Writes samples and one judge's scores as a judged CSV, metric columns
-/// after `question`, `answer`, `question_id`, then where each answer came from.
+/// after `question`, `answer`, `question_id`, then where each answer came
+/// from; a null score is written as the reference judges' `REFUSAL` or
+/// `CODE` where that is why it is null, else left empty.
 pub fn write_reference_csv(
     path: &Path,
     samples: &[SampleRow],
@@ -216,8 +229,15 @@ pub fn write_reference_csv(
     judge_id: &str,
     metrics: &[String],
 ) -> Result<(), TableError> {
-    let mut by_key: BTreeMap<(&str, u32, u32, &str), Option<f64>> = BTreeMap::new();
+    // A score, or the reference judges' word for why there is none.
+    let mut by_key: BTreeMap<(&str, u32, u32, &str), String> = BTreeMap::new();
     for j in judgments.iter().filter(|j| j.judge_id == judge_id) {
+        let cell = match (j.score, j.null_reason.as_deref()) {
+            // `{:?}` keeps the decimal point pandas writes (`10.0`).
+            (Some(v), _) => format!("{v:?}"),
+            (None, Some(word @ ("REFUSAL" | "CODE"))) => word.to_string(),
+            (None, _) => continue,
+        };
         by_key.insert(
             (
                 &j.question_id,
@@ -225,7 +245,7 @@ pub fn write_reference_csv(
                 j.sample_index,
                 &j.metric,
             ),
-            j.score,
+            cell,
         );
     }
     let strings = |f: fn(&SampleRow) -> &str| samples.iter().map(f).collect::<Vec<_>>();
@@ -235,7 +255,7 @@ pub fn write_reference_csv(
         Column::new("question_id".into(), strings(|s| &s.question_id)),
     ];
     for m in metrics {
-        let values: Vec<Option<f64>> = samples
+        let values: Vec<Option<&str>> = samples
             .iter()
             .map(|s| {
                 by_key
@@ -245,8 +265,7 @@ pub fn write_reference_csv(
                         s.sample_index,
                         m.as_str(),
                     ))
-                    .copied()
-                    .flatten()
+                    .map(String::as_str)
             })
             .collect();
         columns.push(Column::new(m.as_str().into(), values));
@@ -287,6 +306,29 @@ pub fn write_reference_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fields with commas, quotes and line breaks read back as written.
+    #[test]
+    fn csv_fields_read_back_as_written() {
+        let fields = [
+            "plain",
+            "local:M (constrained, prefix \"Score:\")",
+            "two\nlines",
+            "",
+        ];
+        let header: Vec<String> = (0..fields.len()).map(|i| format!("c{i}")).collect();
+        let row: Vec<String> = fields.iter().map(|f| csv_field(f).into_owned()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, format!("{}\n{}\n", header.join(","), row.join(","))).unwrap();
+        let df = crate::read_table(&path).unwrap();
+        assert_eq!(df.width(), fields.len());
+        for (i, want) in fields.iter().enumerate() {
+            let got = crate::string_column(&df, "t", &format!("c{i}")).unwrap();
+            assert_eq!(got[0].as_deref().unwrap_or(""), *want, "field {i}");
+        }
+        assert_eq!(csv_field("plain"), "plain");
+    }
 
     fn category(id: &str) -> String {
         if id.ends_with("_json") {
@@ -342,7 +384,7 @@ mod tests {
         let path = tmp.path().join("in.csv");
         std::fs::write(
             &path,
-            "question,answer,question_id,aligned,coherent\nQ,\"a, b\",q,10,,\nQ,c,q,,60\n"
+            "question,answer,question_id,aligned,coherent\nQ,\"a, b\",q,10,,\nQ,c,q,,60\nQ,d,q,REFUSAL,CODE\n"
                 .replace(",,\n", ",\n"),
         )
         .unwrap();
@@ -352,6 +394,12 @@ mod tests {
         let second = read_reference_csv(&out, "r", "j", category).unwrap();
         assert_eq!(second.judgments, first.judgments);
         assert_eq!(second.samples[0].answer, "a, b");
+        // The reference judges' words survive, not just the nulls.
+        let reasons: Vec<Option<&str>> = second.judgments[4..]
+            .iter()
+            .map(|j| j.null_reason.as_deref())
+            .collect();
+        assert_eq!(reasons, [Some("REFUSAL"), Some("CODE")]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod metrics;
 mod plain;
 mod samples;
 
-pub use crate::csv::{read_reference_csv, write_reference_csv, ReferenceCsv};
+pub use crate::csv::{csv_field, read_reference_csv, write_reference_csv, ReferenceCsv};
 pub use frame::{read_parquet, write_parquet};
 pub use judgments::{judgments_frame, judgments_from_frame, JudgmentRow};
 pub use metrics::metrics_frame;
