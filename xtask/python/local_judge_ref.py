@@ -83,13 +83,21 @@ def score(prompt):
     return expected
 
 
+def number(cell):
+    # Empty, or the reference judges' REFUSAL or CODE: no score to compare.
+    try:
+        return float(cell)
+    except (TypeError, ValueError):
+        return None
+
+
 scores, theirs = [], []
 start = time.perf_counter()
 with torch.no_grad():
     for row in rows:
         for m in metrics:
             scores.append(score(fill(prompts[row["question_id"]][m], row["question"], row["answer"])))
-            theirs.append(float(row[m]) if row.get(m) else None)
+            theirs.append(number(row.get(m)))
 seconds = time.perf_counter() - start
 differences = [abs(s - t) for s, t in zip(scores, theirs) if t is not None]
 print(
