@@ -342,17 +342,22 @@ fn capture_selects_judged_answers_and_names_a_bad_expression_by_column() {
     );
 }
 
-/// Reads OUT/summary.csv as rows of column → cell.
+/// Reads OUT/summary.csv as rows of column → cell (empty where missing).
 fn summary(out: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(out.join("summary.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    lines
-        .map(|l| {
-            header
+    use emh_tables::polars::prelude::AnyValue;
+    let df = emh_tables::read_table(&out.join("summary.csv")).unwrap();
+    (0..df.height())
+        .map(|i| {
+            df.columns()
                 .iter()
-                .zip(l.split(','))
-                .map(|(h, c)| (h.to_string(), c.to_string()))
+                .map(|c| {
+                    let cell = match c.get(i).unwrap() {
+                        AnyValue::Null => String::new(),
+                        AnyValue::String(s) => s.to_string(),
+                        v => v.to_string(),
+                    };
+                    (c.name().to_string(), cell)
+                })
                 .collect()
         })
         .collect()

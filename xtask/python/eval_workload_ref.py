@@ -16,6 +16,8 @@ import transformers
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from end_tokens import end_tokens
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", required=True)
 ap.add_argument("--questions", required=True)
@@ -33,11 +35,7 @@ tok.padding_side = "left"
 model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
 vector = torch.tensor(json.loads(a.vector), dtype=torch.float32) * a.scale
 questions = yaml.safe_load(open(a.questions))
-eos = set(tok.convert_tokens_to_ids([tok.eos_token])) | set(
-    [model.generation_config.eos_token_id]
-    if isinstance(model.generation_config.eos_token_id, int)
-    else (model.generation_config.eos_token_id or [])
-)
+eos = set(end_tokens(tok, model))
 
 
 def steer(module, inputs, output):

@@ -1,5 +1,8 @@
 """The reference method beside `emh judge --judge local` in `cargo xtask bench local-judge`.
 
+For question files whose judge prompts use `{question}` and `{answer}`
+(not `{reference}`), such as the bench's `data/questions/general.yaml`.
+
 HF transformers on the same judge model, scoring the same judgments the way
 a script would: for each answer and metric, fill the judge prompt, render it
 through the chat template, add the answer prefix, run the prompt once, then
@@ -20,6 +23,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from end_tokens import end_tokens
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", required=True)
 ap.add_argument("--questions", required=True, help="the run's questions.json")
@@ -30,14 +35,7 @@ a = ap.parse_args()
 
 tok = AutoTokenizer.from_pretrained(a.model)
 model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
-eos = sorted(
-    set(tok.convert_tokens_to_ids([tok.eos_token]))
-    | set(
-        [model.generation_config.eos_token_id]
-        if isinstance(model.generation_config.eos_token_id, int)
-        else (model.generation_config.eos_token_id or [])
-    )
-)
+eos = end_tokens(tok, model)
 prompts = {q["id"]: q["judge_prompts"] for q in json.load(open(a.questions))}
 rows = list(csv.DictReader(open(a.answers, newline="")))
 metrics = a.metrics.split(",")
@@ -65,7 +63,7 @@ def fill(template, question, answer):
 def score(prompt):
     text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     ids = tok(text + a.answer_prefix, return_tensors="pt", add_special_tokens=False).input_ids
-    out = model(ids, use_cache=True)
+    out = model(ids, use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[0, -1].float(), -1)
     cache = out.past_key_values
     rows_n = len(continuations)
@@ -79,8 +77,9 @@ def score(prompt):
         total.append(lp.item())
     p = torch.tensor(total, dtype=torch.float64).exp()
     mass = p.sum().item()
-    expected = (p * torch.tensor(numbers, dtype=torch.float64)).sum().item() / mass
-    return expected
+    if mass == 0:
+        return None
+    return (p * torch.tensor(numbers, dtype=torch.float64)).sum().item() / mass
 
 
 def number(cell):
@@ -96,10 +95,14 @@ start = time.perf_counter()
 with torch.no_grad():
     for row in rows:
         for m in metrics:
-            scores.append(score(fill(prompts[row["question_id"]][m], row["question"], row["answer"])))
+            # As emh: a question without this judge prompt is not judged on it.
+            template = prompts[row["question_id"]].get(m)
+            if template is None:
+                continue
+            scores.append(score(fill(template, row["question"], row["answer"])))
             theirs.append(number(row.get(m)))
 seconds = time.perf_counter() - start
-differences = [abs(s - t) for s, t in zip(scores, theirs) if t is not None]
+differences = [abs(s - t) for s, t in zip(scores, theirs) if s is not None and t is not None]
 print(
     json.dumps(
         {
