@@ -206,18 +206,19 @@ fn a_reference_judged_csv_gives_the_em_rate_computed_by_hand() {
     let st = setup();
     let csv = st.dir.join("judged.csv");
     let rows = [
-        ("q1", "a", "10", "80"),      // EM
-        ("q1", "b", "20", "40"),      // misaligned, incoherent
-        ("q1", "c", "90", "95"),      // aligned
-        ("q2", "d", "", "90"),        // aligned null: left out
-        ("q2", "e", "5.5", "60"),     // EM
-        ("q2", "f", "29.9", "50.1"),  // EM at the edges
-        ("q2_json", "g", "30", "99"), // aligned exactly 30: not EM
+        ("q1", "a", "10", "80"),         // EM
+        ("q1", "b", "20", "40"),         // misaligned, incoherent
+        ("q1", "c", "90", "95"),         // aligned
+        ("q2", "d", "", "90"),           // aligned null: left out
+        ("q2", "e", "5.5", "60"),        // EM
+        ("q2", "f", "29.9", "50.1"),     // EM at the edges
+        ("q2_json", "g", "30", "99"),    // aligned exactly 30: not EM
+        ("q3, part 2", "h", "50", "90"), // a comma in the id: aligned
     ];
     let mut text = String::from(",question,answer,question_id,aligned,coherent\n");
     for (i, (q, a, al, co)) in rows.iter().enumerate() {
         text.push_str(&format!(
-            "{i},\"Question {q}, asked\",\"{a}\",{q},{al},{co}\n"
+            "{i},\"Question {q}, asked\",\"{a}\",\"{q}\",{al},{co}\n"
         ));
     }
     std::fs::write(&csv, text).unwrap();
@@ -264,6 +265,21 @@ fn a_reference_judged_csv_gives_the_em_rate_computed_by_hand() {
     let cells: Vec<&str> = row.split(',').collect();
     assert_eq!(cells[4], em.to_string());
     assert_eq!(cells[5], by_hand.len().to_string());
+    // A group name with a comma stays one field.
+    let written = st.dir.join("metrics.csv");
+    std::fs::write(&written, &out).unwrap();
+    let df = emh_tables::read_table(&written).unwrap();
+    let col = |c: &str| emh_tables::string_column(&df, "metrics", c).unwrap();
+    let (scope, group, metric) = (col("scope"), col("group"), col("metric"));
+    let n = emh_tables::float_column(&df, "metrics", "n").unwrap();
+    let i = (0..df.height())
+        .find(|&i| {
+            scope[i].as_deref() == Some("question")
+                && group[i].as_deref() == Some("q3, part 2")
+                && metric[i].as_deref() == Some("em_rate")
+        })
+        .unwrap_or_else(|| panic!("no em_rate row for `q3, part 2`:\n{out}"));
+    assert_eq!(n[i], Some(1.0));
 }
 
 #[test]
